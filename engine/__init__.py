@@ -1,0 +1,12 @@
+"""The spacefs storage engine: versioned datasets on Parquet and ArrayRecord.
+
+No FUSE here: the mount (``spacefs.mount``) and the public API (``spacefs``) build on it.
+"""
+
+from . import errors
+from .catalog import DirCatalog
+from .dataset import Dataset
+from .options import FileOptions, RayOptions
+from .types import ChangeData, ChangeType, JobResult
+
+__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RayOptions", "errors"]

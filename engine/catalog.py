@@ -1,0 +1,77 @@
+"""``DirCatalog``: datasets and materialized views managed by name in one directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from .dataset import Dataset
+from .errors import NotFoundError, UserInputError
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    location: str
+
+
+def validate_name(name: str) -> None:
+    """Names become directories: no '/', '..', hidden names or odd characters."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise UserInputError(f"dataset name {name!r} is not valid: use letters, digits, '_', '-', '.', not starting with '.'")
+
+
+class DirCatalog:
+    """A directory whose subdirectories are datasets (or materialized views)."""
+
+    def __init__(self, location: str):
+        self.location = os.path.abspath(str(location))
+        os.makedirs(self.location, exist_ok=True)
+
+    def _path(self, name: str) -> str:
+        validate_name(name)
+        path = os.path.join(self.location, name)
+        if os.path.dirname(os.path.realpath(path)) != os.path.realpath(self.location):
+            raise UserInputError(f"dataset name {name!r} resolves outside the catalog")
+        return path
+
+    def create_dataset(self, name: str, schema: pa.Schema, primary_keys, record_fields=None,
+                       file_layout: dict[str, str] | None = None) -> Dataset:
+        return Dataset.create(self._path(name), schema, primary_keys, record_fields, file_layout)
+
+    def dataset(self, name: str) -> Dataset:
+        path = self._path(name)
+        if not os.path.exists(os.path.join(path, "metadata", "dataset.json")):
+            raise NotFoundError(f"catalog {self.location} has no dataset named {name!r}")
+        return Dataset.load(path)
+
+    def datasets(self) -> list[DatasetInfo]:
+        out = []
+        for name in sorted(os.listdir(self.location)):
+            path = os.path.join(self.location, name)
+            if not name.startswith(".") and os.path.isfile(os.path.join(path, "metadata", "dataset.json")):
+                out.append(DatasetInfo(name, path))
+        return out
+
+    def delete_dataset(self, name: str) -> None:
+        """Remove a dataset: renamed away first (atomic), then deleted."""
+        path = self._path(name)
+        if not os.path.exists(os.path.join(path, "metadata", "dataset.json")):
+            raise NotFoundError(f"catalog {self.location} has no dataset named {name!r}")
+        trash = os.path.join(self.location, f".{name}.deleting-{os.getpid()}")
+        os.rename(path, trash)
+        shutil.rmtree(trash)
+
+    def materialize(self, name: str, view):
+        return view.materialize(self._path(name))
+
+    def sql(self, query: str) -> pa.Table:
+        from .sql import query_datasets
+
+        return query_datasets(query, {i.name: (self.dataset(i.name), None) for i in self.datasets()})

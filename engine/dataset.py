@@ -1,0 +1,205 @@
+"""The ``Dataset`` handle: create, load, write through runners, version management."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import AlreadyExistsError, UserInputError, VersionNotFoundError
+from .layout import format_path, layout_fields, validate_layout
+from .log import Entry
+from .options import FileOptions, RayOptions
+from .runners import LocalRunner
+from .storage import DEFAULT_BRANCH, Storage, Version, validate_ref_name
+
+
+class Dataset:
+    """A versioned dataset: index fields in Parquet, record fields in ArrayRecord.
+
+    Example::
+
+        ds = Dataset.create("/tmp/ds", schema, primary_keys=["id"], record_fields=["feature"])
+        ds.local().append({"id": [1], "image_name": ["1.jpg"], "feature": [b"..."]})
+        ds.add_tag("v1")
+    """
+
+    def __init__(self, storage: Storage):
+        self._storage = storage
+        self._branch = DEFAULT_BRANCH
+
+    # -- lifecycle -------------------------------------------------------------
+    @classmethod
+    def create(cls, location: str, schema: pa.Schema, primary_keys: Sequence[str],
+               record_fields: Sequence[str] | None = None, file_layout: dict[str, str] | None = None) -> Dataset:
+        return cls(Storage.create(str(location), schema, list(primary_keys) if not isinstance(primary_keys, str) else [primary_keys],
+                                  list(record_fields or []), file_layout))
+
+    @classmethod
+    def load(cls, location: str) -> Dataset:
+        storage = Storage(str(location))
+        if storage.kind == "mv":
+            from .views import MaterializedView
+
+            return MaterializedView.load(str(location))  # type: ignore[return-value]
+        return cls(storage)
+
+    # -- properties ------------------------------------------------------------
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._storage.schema
+
+    @property
+    def primary_keys(self) -> list[str]:
+        return self._storage.primary_keys
+
+    @property
+    def record_fields(self) -> list[str]:
+        return self._storage.record_fields
+
+    @property
+    def location(self) -> str:
+        return self._storage.location
+
+    @property
+    def name(self) -> str:
+        return self._storage.name
+
+    @property
+    def current_branch(self) -> str:
+        return self._branch
+
+    # -- runners ---------------------------------------------------------------
+    def local(self, file_options: FileOptions | None = None) -> LocalRunner:
+        return LocalRunner(self._storage, file_options, self._branch)
+
+    def ray(self, ray_options: RayOptions | None = None, file_options: FileOptions | None = None):
+        from .ray_runner import RayRunner
+
+        return RayRunner(self._storage, ray_options or RayOptions(), file_options, self._branch)
+
+    # -- versions --------------------------------------------------------------
+    def versions(self) -> pa.Table:
+        """All snapshots, newest first, one row per tag or branch naming them."""
+        return self._storage.versions()
+
+    def add_tag(self, tag: str, snapshot_id: int | None = None) -> None:
+        validate_ref_name(tag, "tag")
+
+        def change(head: Entry) -> dict[str, Any]:
+            if tag in head.tags or tag in head.branches:
+                raise AlreadyExistsError(f"{self.name}: a tag or branch named {tag!r} already exists")
+            sid = self._storage.resolve(snapshot_id if snapshot_id is not None else self._branch, self._branch, head)
+            return {"tags": {**head.tags, tag: sid}}
+
+        self._storage.commit_refs(change, f"add_tag {tag}")
+
+    def remove_tag(self, tag: str) -> None:
+        def change(head: Entry) -> dict[str, Any]:
+            if tag not in head.tags:
+                raise VersionNotFoundError(f"{self.name}: no tag named {tag!r}")
+            return {"tags": {k: v for k, v in head.tags.items() if k != tag}}
+
+        self._storage.commit_refs(change, f"remove_tag {tag}")
+
+    def add_branch(self, branch: str, snapshot_id: Version = None) -> None:
+        """Create ``branch`` at ``snapshot_id`` (default: the current branch's head)."""
+        validate_ref_name(branch, "branch")
+
+        def change(head: Entry) -> dict[str, Any]:
+            if branch in head.tags or branch in head.branches:
+                raise AlreadyExistsError(f"{self.name}: a tag or branch named {branch!r} already exists")
+            sid = self._storage.resolve(snapshot_id if snapshot_id is not None else self._branch, self._branch, head)
+            return {"branches": {**head.branches, branch: sid}}
+
+        self._storage.commit_refs(change, f"add_branch {branch}")
+
+    def remove_branch(self, branch: str) -> None:
+        if branch == DEFAULT_BRANCH:
+            raise UserInputError(f"{self.name}: the default branch {DEFAULT_BRANCH!r} cannot be removed")
+        if branch == self._branch:
+            raise UserInputError(f"{self.name}: cannot remove the current branch {branch!r}; switch first")
+
+        def change(head: Entry) -> dict[str, Any]:
+            if branch not in head.branches:
+                raise VersionNotFoundError(f"{self.name}: no branch named {branch!r}")
+            return {"branches": {k: v for k, v in head.branches.items() if k != branch}}
+
+        self._storage.commit_refs(change, f"remove_branch {branch}")
+
+    def set_current_branch(self, branch: str) -> None:
+        """Direct this handle's writes and default reads to ``branch``."""
+        if branch not in self._storage.head().branches:
+            raise VersionNotFoundError(f"{self.name}: no branch named {branch!r}")
+        self._branch = branch
+
+    # -- layout ----------------------------------------------------------------
+    @property
+    def file_layout(self) -> dict[str, str] | None:
+        return self._storage.head().settings.get("file_layout")
+
+    def set_file_layout(self, layout: dict[str, str] | None) -> None:
+        """Set (or clear) the file layout; refused if two rows of the current branch
+        would land on the same path."""
+        if layout is not None:
+            validate_layout(layout, self.schema, self.record_fields)
+            fields = sorted(set(layout_fields(layout["path"])))
+            t = self.local().read_all(fields=fields)
+            seen: dict[str, int] = {}
+            for i, row in enumerate(t.to_pylist()):
+                p = format_path(layout["path"], row)
+                if p in seen:
+                    raise UserInputError(f"{self.name}: file_layout puts two rows at {p!r}")
+                seen[p] = i
+
+        def change(head: Entry) -> dict[str, Any]:
+            return {"settings": {**head.settings, "file_layout": layout}}
+
+        self._storage.commit_refs(change, "set_file_layout")
+
+    # -- inspection ------------------------------------------------------------
+    def index_files(self, version: Version = None) -> list[str]:
+        sid = self._storage.resolve(version, self._branch)
+        return [self._storage.full_path(r["path"]) for r in self._storage.index_entries(sid)]
+
+    def snapshot_id(self, version: Version = None) -> int:
+        return self._storage.resolve(version, self._branch)
+
+    def sql(self, query: str, version: Version = None) -> pa.Table:
+        from .sql import query_datasets
+
+        return query_datasets(query, {self.name: (self, version)})
+
+    def num_rows(self, version: Version = None) -> int:
+        return self._storage.snapshot(self.snapshot_id(version))["stats"]["rows"]
+
+    # -- views (engine/views.py) -----------------------------------------------
+    def map_batches(self, fn, output_schema: pa.Schema, input_fields: Sequence[str] | None = None,
+                    output_record_fields: Sequence[str] | None = None, batch_size: int | None = None):
+        from .views import MapView
+
+        return MapView(self, fn, output_schema, input_fields, output_record_fields, batch_size)
+
+    def filter(self, fn, input_fields: Sequence[str] | None = None):
+        from .views import FilterView
+
+        return FilterView(self, fn, input_fields)
+
+    def filter_batches(self, fn, input_fields: Sequence[str] | None = None):
+        from .views import FilterView
+
+        return FilterView(self, fn, input_fields, batched=True)
+
+    def join(self, right, keys: Sequence[str], left_fields: Sequence[str] | None = None,
+             right_fields: Sequence[str] | None = None):
+        from .views import JoinView
+
+        return JoinView(self, right, keys, left_fields, right_fields)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.location!r})"

@@ -1,0 +1,45 @@
+"""One root error class with a few precise subclasses.
+
+Every error a user can cause is a ``SpaceError``; messages name the dataset, version or
+field at fault so the CLI can print them as one line.
+"""
+
+
+class SpaceError(Exception):
+    """Root of every spacefs error."""
+
+
+class UserInputError(SpaceError, ValueError):
+    """The arguments of a call are invalid (bad schema, field, filter, name...)."""
+
+
+class SchemaError(UserInputError):
+    """A schema, or data that does not match the dataset's schema."""
+
+
+class FilterError(UserInputError):
+    """A filter that cannot be parsed or applied."""
+
+
+class NotFoundError(SpaceError, LookupError):
+    """A dataset, version, tag, branch or file that does not exist."""
+
+
+class VersionNotFoundError(NotFoundError):
+    """A snapshot id, tag or branch that does not exist."""
+
+
+class AlreadyExistsError(SpaceError):
+    """Creating something (dataset, tag, branch) that already exists."""
+
+
+class PrimaryKeyExistsError(SpaceError):
+    """An insert of a key that is already stored, or a batch with duplicate keys."""
+
+
+class CommitConflictError(SpaceError):
+    """A commit lost to concurrent writers more often than the retry budget allows."""
+
+
+class CorruptionError(SpaceError):
+    """Stored metadata or data does not read back as written."""

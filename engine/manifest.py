@@ -1,0 +1,151 @@
+"""Manifests: Parquet tables with one row per data file, kept as a log-structured list.
+
+A snapshot lists a few manifest files. Each commit writes one small *delta* manifest
+(rows with status +1 for files added, -1 for files removed) and appends it to its
+parent's list; when the newest manifest is at least as large as the one before it, the
+two are merged (adds cancelled by their removes). The list therefore stays
+logarithmic in the number of files ever written, and a commit writes an amortised
+O(log n) rows: its cost grows with the change, not with the history.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+ADDED, REMOVED = 1, -1
+INDEX, RECORD = "index", "record"
+
+
+def manifest_schema(stats_fields: Sequence[pa.Field]) -> pa.Schema:
+    fields = [
+        pa.field("status", pa.int8()),
+        pa.field("kind", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("field", pa.string()),
+        pa.field("rows", pa.int64()),
+        pa.field("bytes", pa.int64()),
+        pa.field("snapshot_id", pa.int64()),
+        pa.field("rewrite", pa.bool_()),
+        pa.field("record_files", pa.list_(pa.string())),
+    ]
+    if stats_fields:
+        st = pa.struct([pa.field(f.name, f.type) for f in stats_fields])
+        fields += [pa.field("min", st), pa.field("max", st)]
+    return pa.schema(fields)
+
+
+def index_entry(path: str, table: pa.Table, nbytes: int, snapshot_id: int, stats_fields: Sequence[pa.Field],
+                record_fields: Sequence[str], rewrite: bool = False) -> dict[str, Any]:
+    """The manifest row of an index file holding ``table``."""
+    rec_files: set[str] = set()
+    for f in record_fields:
+        files = pc.unique(table.column(f).combine_chunks().field("file")).drop_null()
+        rec_files.update(files.to_pylist())
+    row: dict[str, Any] = {
+        "status": ADDED, "kind": INDEX, "path": path, "field": None, "rows": table.num_rows,
+        "bytes": nbytes, "snapshot_id": snapshot_id, "rewrite": rewrite, "record_files": sorted(rec_files),
+    }
+    if stats_fields:
+        mins, maxs = {}, {}
+        for f in stats_fields:
+            col = table.column(f.name)
+            if col.null_count:  # no range guarantee for a column with nulls
+                mins[f.name] = maxs[f.name] = None
+                continue
+            mm = pc.min_max(col)
+            mins[f.name], maxs[f.name] = mm["min"].as_py(), mm["max"].as_py()
+        row["min"], row["max"] = mins, maxs
+    return row
+
+
+def record_entry(path: str, field: str, rows: int, nbytes: int, snapshot_id: int) -> dict[str, Any]:
+    return {"status": ADDED, "kind": RECORD, "path": path, "field": field, "rows": rows,
+            "bytes": nbytes, "snapshot_id": snapshot_id, "rewrite": False, "record_files": None}
+
+
+def removal(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"status": REMOVED, "kind": entry["kind"], "path": entry["path"]}
+
+
+class ManifestStore:
+    """Writes manifests of one dataset and caches them (they never change)."""
+
+    def __init__(self, root: str, schema: pa.Schema, cache_size: int = 64):
+        self.root = root
+        self.schema = schema
+        self._cache: OrderedDict[str, pa.Table] = OrderedDict()
+        self._lock = threading.Lock()
+        self._cache_size = cache_size
+
+    def write(self, rows: list[dict[str, Any]] | pa.Table) -> dict[str, Any]:
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=self.schema)
+        rel = f"metadata/manifests/{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, os.path.join(self.root, rel), compression="zstd")
+        self._put(rel, table)
+        return {"path": rel, "entries": table.num_rows}
+
+    def _put(self, rel: str, table: pa.Table) -> None:
+        with self._lock:
+            self._cache[rel] = table
+            self._cache.move_to_end(rel)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def read(self, rel: str) -> pa.Table:
+        with self._lock:
+            t = self._cache.get(rel)
+            if t is not None:
+                self._cache.move_to_end(rel)
+                return t
+        t = pq.read_table(os.path.join(self.root, rel), schema=self.schema)
+        self._put(rel, t)
+        return t
+
+    def merged(self, manifests: Sequence[dict[str, Any]]) -> pa.Table:
+        """All rows of ``manifests`` with each removal cancelled against its add."""
+        if not manifests:
+            return self.schema.empty_table()
+        t = pa.concat_tables([self.read(m["path"]) for m in manifests])
+        return cancel(t)
+
+    def live(self, manifests: Sequence[dict[str, Any]]) -> pa.Table:
+        """The data files of a snapshot: added rows never removed."""
+        t = self.merged(manifests)
+        return t.filter(pc.equal(t.column("status"), ADDED))
+
+    def append(self, manifests: Sequence[dict[str, Any]], delta: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The manifest list after adding ``delta``, merging tails; returns (list, new files)."""
+        out = list(manifests) + [delta]
+        created: list[str] = []
+        while len(out) >= 2 and out[-1]["entries"] >= out[-2]["entries"]:
+            merged = self.merged(out[-2:])
+            if len(out) == 2:  # bottom level: removals of nothing older can go
+                merged = merged.filter(pc.equal(merged.column("status"), ADDED))
+            m = self.write(merged)
+            created.append(m["path"])
+            out[-2:] = [m]
+            if m["entries"] == 0 and len(out) == 1:
+                break
+        return out, created
+
+
+def cancel(t: pa.Table) -> pa.Table:
+    status = t.column("status")
+    removed = pc.unique(t.filter(pc.equal(status, REMOVED)).column("path").combine_chunks())
+    if len(removed) == 0:
+        return t
+    added = t.filter(pc.equal(status, ADDED)).column("path").combine_chunks()
+    paths = t.column("path")
+    # Drop adds that are removed, and the removes that cancelled them; keep removes of
+    # files added in older manifests than these.
+    both = pc.and_(pc.is_in(paths, value_set=removed), pc.is_in(paths, value_set=added))
+    return t.filter(pc.invert(both))

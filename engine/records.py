@@ -1,0 +1,335 @@
+"""ArrayRecord files: written with the array_record library, read by reference.
+
+Records are written with ``ArrayRecordWriter`` (real ArrayRecord files any ArrayRecord
+reader opens). After a file is closed we walk its Riegeli chunks once and note where the
+bytes of every record lie in the file. With uncompressed chunks a record is then one
+``pread`` away (minus the 24-byte Riegeli block headers that interrupt the stream every
+64 KiB), which is what makes random access, full scans and FUSE range reads fast. Files
+written with compression fall back to ``ArrayRecordReader``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+BLOCK = 1 << 16
+BLOCK_HEADER = 24
+USABLE = BLOCK - BLOCK_HEADER
+CHUNK_HEADER = 40
+_SIMPLE_CHUNK = ord("r")
+
+# Records per Riegeli chunk are chosen so that a chunk holds about this many bytes: the
+# writer buffers a whole chunk, so a byte bound keeps memory flat for huge records.
+TARGET_CHUNK_BYTES = 4 << 20
+MAX_GROUP = 1024
+
+REF_TYPE = pa.struct(
+    [
+        ("file", pa.string()),
+        ("pos", pa.int64()),
+        ("size", pa.int64()),
+        ("offset", pa.int64()),
+    ]
+)
+
+
+def _phys(logical: int) -> int:
+    """Physical file offset of a logical (block-header-free) stream offset."""
+    return logical + BLOCK_HEADER * (logical // USABLE + 1)
+
+
+def _logical(physical: int) -> int:
+    block, within = divmod(physical, BLOCK)
+    return block * USABLE + max(within - BLOCK_HEADER, 0)
+
+
+def _add_with_overhead(pos: int, size: int) -> int:
+    blocks = (size + (pos + USABLE - 1) % BLOCK) // USABLE
+    return pos + size + blocks * BLOCK_HEADER
+
+
+def _round_up_boundary(pos: int) -> int:
+    remaining = BLOCK - 1 - (pos + BLOCK - 1) % BLOCK
+    return pos + max(remaining - (USABLE - 1), 0)
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+class _LogicalFile:
+    """Reads a Riegeli file as its logical byte stream (block headers removed)."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd = fd
+        self.size = size
+
+    def read(self, logical: int, n: int) -> bytes:
+        start = _phys(logical)
+        out = []
+        while n > 0:
+            take = min(n, BLOCK - start % BLOCK)
+            out.append(os.pread(self.fd, take, start))
+            n -= take
+            start += take + BLOCK_HEADER
+        return b"".join(out)
+
+
+def scan_offsets(path: str, expected: int) -> np.ndarray | None:
+    """Physical offset of each record of an ArrayRecord file, or None when compressed.
+
+    Walks the Riegeli chunks from the file start; stops after ``expected`` records.
+    """
+    offsets = np.empty(expected, dtype=np.int64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        lf = _LogicalFile(fd, size)
+        chunk_begin = 0
+        found = 0
+        while found < expected:
+            if chunk_begin >= size:
+                return None
+            lbegin = _logical(chunk_begin if chunk_begin % BLOCK else chunk_begin + BLOCK_HEADER)
+            header = lf.read(lbegin, CHUNK_HEADER)
+            data_size, _hash, type_records, _decoded = struct.unpack_from("<QQQQ", header, 8)
+            ctype, nrec = type_records & 0xFF, type_records >> 8
+            if ctype == _SIMPLE_CHUNK and nrec:
+                ldata = lbegin + CHUNK_HEADER
+                head = lf.read(ldata, min(data_size, 11 + 10 * nrec))
+                if head[0] != 0:
+                    return None  # compressed chunk: no byte offsets
+                sizes_size, i = _read_varint(head, 1)
+                if i + sizes_size > len(head):
+                    head = lf.read(ldata, i + sizes_size)
+                j = i
+                lvalue = ldata + i + sizes_size
+                for _ in range(nrec):
+                    rsize, j = _read_varint(head, j)
+                    if found < expected:
+                        offsets[found] = _phys(lvalue)
+                    found += 1
+                    lvalue += rsize
+            chunk_begin = max(
+                _add_with_overhead(chunk_begin, CHUNK_HEADER + data_size),
+                _round_up_boundary(chunk_begin + nrec),
+            )
+        return offsets
+    finally:
+        os.close(fd)
+
+
+def write_records(path: str, values: pa.Array, options: str = "") -> np.ndarray:
+    """Write ``values`` (binary) as one ArrayRecord file; return each record's offset.
+
+    Offsets are -1 when the file's chunks are compressed.
+    """
+    n = len(values)
+    nbytes = values.buffers()[2].size if n and values.buffers()[2] is not None else 0
+    avg = max(nbytes // max(n, 1), 1)
+    group = max(1, min(MAX_GROUP, TARGET_CHUNK_BYTES // avg))
+    opts = options or f"group_size:{group},uncompressed"
+    writer = ArrayRecordWriter(path, opts)
+    try:
+        for v in values.to_pylist():
+            writer.write(v)
+    finally:
+        writer.close()
+    offsets = scan_offsets(path, n) if "uncompressed" in opts else None
+    if offsets is None:
+        return np.full(n, -1, dtype=np.int64)
+    return offsets
+
+
+class RecordReader:
+    """Reads records by reference; keeps file descriptors open in a small LRU.
+
+    Thread-safe: ``os.pread`` needs no shared position, and the LRU is locked.
+    """
+
+    def __init__(self, root: str, max_open: int = 256):
+        self.root = root
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._readers: dict[str, ArrayRecordReader] = {}
+        self._lock = threading.Lock()
+        self._max_open = max_open
+        self._pid = os.getpid()
+
+    def _fd(self, rel: str) -> int:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: descriptors are shared, start afresh
+                self._fds.clear()
+                self._readers.clear()
+                self._pid = os.getpid()
+            fd = self._fds.get(rel)
+            if fd is not None:
+                self._fds.move_to_end(rel)
+                return fd
+            fd = os.open(os.path.join(self.root, rel), os.O_RDONLY)
+            self._fds[rel] = fd
+            while len(self._fds) > self._max_open:
+                _, old = self._fds.popitem(last=False)
+                os.close(old)
+            return fd
+
+    def read_range(self, rel: str, offset: int, size: int, start: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``[start, start+length)`` of the record at physical ``offset``."""
+        if length is None:
+            length = size - start
+        length = max(0, min(length, size - start))
+        if length == 0:
+            return b""
+        fd = self._fd(rel)
+        pos = _phys(_logical(offset) + start)
+        if pos % BLOCK + length <= BLOCK:
+            return os.pread(fd, length, pos)
+        return _LogicalFile(fd, 0).read(_logical(pos), length)
+
+    def read_one(self, rel: str, pos: int, offset: int, size: int) -> bytes:
+        if offset >= 0:
+            return self.read_range(rel, offset, size)
+        return self._slow(rel, [pos])[0]
+
+    def _slow(self, rel: str, positions: Sequence[int]) -> list[bytes]:
+        with self._lock:
+            reader = self._readers.get(rel)
+            if reader is None:
+                reader = ArrayRecordReader(os.path.join(self.root, rel), "readahead_buffer_size:0")
+                self._readers[rel] = reader
+        return reader.read(list(positions))
+
+    def read_refs(self, refs: pa.Array, threads: int = 0) -> pa.Array:
+        """Resolve a column of references to a binary column (nulls stay null)."""
+        refs = refs.combine_chunks() if isinstance(refs, pa.ChunkedArray) else refs
+        n = len(refs)
+        if n == 0:
+            return pa.array([], pa.binary())
+        files = refs.field("file").to_pylist()
+        pos = refs.field("pos").to_numpy(zero_copy_only=False)
+        size = refs.field("size").to_numpy(zero_copy_only=False)
+        off = refs.field("offset").to_numpy(zero_copy_only=False)
+        valid = refs.is_valid().to_numpy(zero_copy_only=False)
+        out: list[bytes | None] = [None] * n
+
+        def one(i: int) -> None:
+            if valid[i]:
+                out[i] = self.read_one(files[i], int(pos[i]), int(off[i]), int(size[i]))
+
+        slow = [i for i in range(n) if valid[i] and off[i] < 0]
+        if slow:
+            by_file: dict[str, list[int]] = {}
+            for i in slow:
+                by_file.setdefault(files[i], []).append(i)
+            for f, idx in by_file.items():
+                for i, v in zip(idx, self._slow(f, [int(pos[i]) for i in idx]), strict=True):
+                    out[i] = v
+        fast = [i for i in range(n) if valid[i] and off[i] >= 0]
+        if threads > 1 and len(fast) > 64:
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(one, fast, chunksize=max(1, len(fast) // (threads * 4))))
+        else:
+            for i in fast:
+                one(i)
+        return pa.array(out, pa.binary())
+
+    def scan_refs(self, refs: pa.Array) -> pa.Array:
+        """Like ``read_refs`` but for runs of consecutive records (full scans).
+
+        Each run of records that lie back to back in a file is read with one ``preadv``
+        straight into the output buffer, the block headers steered into a scratch buffer.
+        """
+        refs = refs.combine_chunks() if isinstance(refs, pa.ChunkedArray) else refs
+        off = refs.field("offset").to_numpy(zero_copy_only=False)
+        if len(refs) < 64 or refs.null_count or (off < 0).any():
+            return self.read_refs(refs)
+        files = refs.field("file").to_pylist()
+        size = refs.field("size").to_numpy(zero_copy_only=False)
+        lstart = _logical_vec(off)
+        offsets = np.zeros(len(refs) + 1, dtype=np.int64)
+        np.cumsum(size, out=offsets[1:])
+        total = int(offsets[-1])
+        out = bytearray(total)
+        view = memoryview(out)
+        # A run breaks where the next record is not the byte after this one.
+        brk = np.flatnonzero((lstart[1:] != lstart[:-1] + size[:-1])) + 1
+        starts = np.concatenate([[0], brk]).tolist()
+        ends = np.concatenate([brk, [len(refs)]]).tolist()
+        for s, e in zip(starts, ends, strict=True):
+            if files[s] != files[e - 1] or len(set(files[s:e])) != 1:
+                for i in range(s, e):  # mixed files in a run: rare, read one by one
+                    o = int(offsets[i])
+                    view[o : o + int(size[i])] = self.read_range(files[i], int(off[i]), int(size[i]))
+                continue
+            o = int(offsets[s])
+            _read_logical_into(self._fd(files[s]), int(lstart[s]), view[o : int(offsets[e])])
+        large = total >= (1 << 31)
+        typ = pa.large_binary() if large else pa.binary()
+        odt = np.int64 if large else np.int32
+        return pa.Array.from_buffers(
+            typ, len(refs), [None, pa.py_buffer(offsets.astype(odt)), pa.py_buffer(out)]
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._readers.clear()
+
+
+def _logical_vec(physical: np.ndarray) -> np.ndarray:
+    block, within = np.divmod(physical, BLOCK)
+    return block * USABLE + np.maximum(within - BLOCK_HEADER, 0)
+
+
+_SCRATCH = bytearray(BLOCK_HEADER)
+_IOV_MAX = 1000
+
+
+def _read_logical_into(fd: int, logical: int, out: memoryview) -> None:
+    """Fill ``out`` with the logical bytes starting at ``logical``: one ``preadv`` per
+    ~32 MiB, block headers read into a scratch buffer instead of being copied out."""
+    n = len(out)
+    pos = _phys(logical)
+    done = 0
+    scratch = memoryview(bytearray(BLOCK_HEADER))
+    while done < n:
+        iov: list[memoryview] = []
+        start = pos
+        while done < n and len(iov) < _IOV_MAX:
+            take = min(n - done, BLOCK - pos % BLOCK)
+            iov.append(out[done : done + take])
+            done += take
+            pos += take
+            if done < n:
+                iov.append(scratch)
+                pos += BLOCK_HEADER
+        want = pos - start
+        got = os.preadv(fd, iov, start)
+        if got != want:
+            raise OSError(f"short read: {got} of {want} bytes at {start}")
+
+
+def iter_file_records(path: str) -> Iterable[bytes]:
+    """All records of an ArrayRecord file, in order (for ingesting foreign files)."""
+    reader = ArrayRecordReader(path)
+    n = reader.num_records()
+    step = 1024
+    for start in range(0, n, step):
+        yield from reader.read(start, min(n, start + step))

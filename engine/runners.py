@@ -1,0 +1,178 @@
+"""Runners: how operations execute. ``LocalRunner`` runs them in this process."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import diff as diff_mod, reads
+from .errors import NotFoundError, SchemaError, UserInputError
+from .filters import Filter
+from .options import FileOptions
+from .records import iter_file_records
+from .storage import Plan, Storage, Version
+from .types import ChangeData, JobResult
+from .writes import FileWriter, check_unique_keys, iter_tables, plan_delete, plan_insert, plan_upsert
+
+
+class LocalRunner:
+    """Runs reads and writes of one dataset in the calling process.
+
+    Each write makes exactly one snapshot on the handle's current branch, or none
+    (SKIPPED) when it changes nothing; a write that fails leaves no trace.
+    """
+
+    def __init__(self, storage: Storage, file_options: FileOptions | None = None, branch: str = "main"):
+        self.storage = storage
+        self.file_options = file_options or FileOptions()
+        self.branch = branch
+
+    # -- writes ----------------------------------------------------------------
+    def _write_new(self, data: Any, what: str) -> tuple[FileWriter, list[dict[str, Any]], list[pa.Table]]:
+        writer = FileWriter(self.storage, self.file_options)
+        entries: list[dict[str, Any]] = []
+        tables = []
+        try:
+            for t in iter_tables(data, self.storage.schema, f"{self.storage.name}: {what}"):
+                if t.num_rows:
+                    tables.append(t)
+                    entries += writer.write(t)
+        except BaseException:
+            writer.cleanup()
+            raise
+        return writer, entries, tables
+
+    def _commit(self, op: str, writer: FileWriter, plan: Callable[[int], Plan | None]) -> JobResult:
+        try:
+            snap = self.storage.commit_snapshot(self.branch, op, plan)
+        except BaseException:
+            writer.cleanup()
+            raise
+        if snap is None:
+            writer.cleanup()
+        return JobResult.from_snapshot(self.storage, snap)
+
+    def append(self, data: Any) -> JobResult:
+        """Add rows without a key check."""
+        writer, entries, _ = self._write_new(data, "append")
+        return self._commit("append", writer, lambda base: Plan(added=entries))
+
+    def insert(self, data: Any) -> JobResult:
+        """Add rows; fails (changing nothing) if any key is already stored or repeated."""
+        writer, entries, keys = self._keyed(data, "insert")
+        return self._commit("insert", writer, lambda base: plan_insert(self.storage, keys, entries, base) if entries else None)
+
+    def upsert(self, data: Any) -> JobResult:
+        """Add rows, replacing every stored row with the same key."""
+        writer, entries, keys = self._keyed(data, "upsert")
+        return self._commit("upsert", writer, lambda base: plan_upsert(self.storage, writer, keys, entries, base) if entries else None)
+
+    def _keyed(self, data: Any, what: str) -> tuple[FileWriter, list[dict[str, Any]], pa.Table]:
+        tables = list(iter_tables(data, self.storage.schema, f"{self.storage.name}: {what}"))
+        table = pa.concat_tables(tables) if tables else self.storage.schema.empty_table()
+        keys = check_unique_keys(table, self.storage.primary_keys, f"{self.storage.name}: {what}")
+        writer, entries, _ = self._write_new(table, what) if table.num_rows else (FileWriter(self.storage), [], [])
+        return writer, entries, keys
+
+    def delete(self, filter_: Filter) -> JobResult:
+        """Remove the rows matching ``filter_`` (only touched index files are rewritten)."""
+        if filter_ is None:
+            raise UserInputError(f"{self.storage.name}: delete needs a filter")
+        writer = FileWriter(self.storage, self.file_options)
+        return self._commit("delete", writer, lambda base: plan_delete(self.storage, writer, filter_, base))
+
+    def append_from(self, source_fns: Callable[[], Iterable[Any]] | Sequence[Callable[[], Iterable[Any]]],
+                    max_workers: int | None = None) -> JobResult:
+        """Ingest several sources (callables returning iterables of batches) in parallel.
+
+        All of them land in one snapshot, or none does.
+        """
+        fns = [source_fns] if callable(source_fns) else list(source_fns)
+        writers: list[FileWriter] = []
+
+        def ingest(fn: Callable[[], Iterable[Any]]) -> list[dict[str, Any]]:
+            w = FileWriter(self.storage, self.file_options)
+            writers.append(w)
+            entries = []
+            for t in iter_tables(fn(), self.storage.schema, f"{self.storage.name}: append_from"):
+                if t.num_rows:
+                    entries += w.write(t)
+            return entries
+
+        all_writer = FileWriter(self.storage, self.file_options)
+        try:
+            with ThreadPoolExecutor(max_workers or min(8, max(1, len(fns)))) as ex:
+                results = list(ex.map(ingest, fns))
+        except BaseException:
+            for w in writers:
+                w.cleanup()
+            raise
+        for w in writers:
+            all_writer.written += w.written
+        entries = [e for r in results for e in r]
+        return self._commit("append_from", all_writer, lambda base: Plan(added=entries))
+
+    def append_parquet(self, pattern: str | Sequence[str]) -> JobResult:
+        """Append the rows of Parquet files matching ``pattern`` (files are copied in)."""
+        files = _glob(pattern)
+
+        def tables() -> Iterator[pa.Table]:
+            for f in files:
+                yield pq.read_table(f)
+
+        writer, entries, _ = self._write_new(tables(), f"append_parquet({pattern})")
+        return self._commit("append_parquet", writer, lambda base: Plan(added=entries))
+
+    def append_array_record(self, pattern: str | Sequence[str], index_fn: Callable[[bytes], dict[str, Any]]) -> JobResult:
+        """Append ArrayRecord files: each record becomes a row, ``index_fn(record)``
+        giving its index fields; the dataset must have exactly one record field."""
+        rec = self.storage.record_fields
+        if len(rec) != 1:
+            raise SchemaError(f"{self.storage.name}: append_array_record needs exactly one record field, the dataset has {rec}")
+        files = _glob(pattern)
+
+        def tables() -> Iterator[pa.Table]:
+            for f in files:
+                rows: dict[str, list[Any]] = {n: [] for n in self.storage.schema.names}
+                for record in iter_file_records(f):
+                    idx = index_fn(record)
+                    for n in self.storage.schema.names:
+                        rows[n].append(record if n == rec[0] else idx.get(n))
+                    if len(rows[rec[0]]) >= 65536:
+                        yield rows
+                        rows = {n: [] for n in self.storage.schema.names}
+                if rows[rec[0]]:
+                    yield rows
+
+        writer, entries, _ = self._write_new(tables(), f"append_array_record({pattern})")
+        return self._commit("append_array_record", writer, lambda base: Plan(added=entries))
+
+    # -- reads -----------------------------------------------------------------
+    def read(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
+             batch_size: int | None = None, reference_read: bool = False) -> Iterator[pa.Table]:
+        return reads.read(self.storage, version, filter_, fields, batch_size, reference_read, self.branch)
+
+    def read_all(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
+                 batch_size: int | None = None, reference_read: bool = False) -> pa.Table:
+        return reads.read_all(self.storage, version=version, filter_=filter_, fields=fields,
+                              batch_size=batch_size, reference_read=reference_read, branch=self.branch)
+
+    def diff(self, start_version: Version, end_version: Version) -> Iterator[ChangeData]:
+        return diff_mod.diff(self.storage, start_version, end_version, self.branch)
+
+
+def _glob(pattern: str | Sequence[str]) -> list[str]:
+    patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
+    files: list[str] = []
+    for p in patterns:
+        found = sorted(glob.glob(str(p), recursive=True))
+        if not found:
+            raise NotFoundError(f"no files match {p!r}")
+        files += found
+    return files

@@ -1,0 +1,52 @@
+"""Small result types shared by runners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import pyarrow as pa
+
+
+class ChangeType(Enum):
+    """The kind of a change between versions."""
+
+    DELETE = "DELETE"
+    ADD = "ADD"
+
+
+@dataclass
+class ChangeData:
+    """Rows added or deleted by one snapshot (deletes carry key columns only)."""
+
+    snapshot_id: int
+    change_type: ChangeType
+    data: pa.Table
+
+
+@dataclass
+class JobResult:
+    """The outcome of a write: SUCCEEDED with a snapshot id, or SKIPPED (no change)."""
+
+    class State(Enum):
+        SUCCEEDED = 1
+        FAILED = 2
+        SKIPPED = 3
+
+    state: State
+    storage_statistics_update: dict[str, int] = field(default_factory=dict)
+    error_message: str | None = None
+    snapshot_id: int | None = None
+
+    @classmethod
+    def skipped(cls) -> JobResult:
+        return cls(cls.State.SKIPPED)
+
+    @classmethod
+    def from_snapshot(cls, storage: Any, snap: dict[str, Any] | None) -> JobResult:
+        if snap is None:
+            return cls.skipped()
+        parent = storage.snapshot(snap["parent"])["stats"] if snap["parent"] is not None else {}
+        update = {k: v - parent.get(k, 0) for k, v in snap["stats"].items()}
+        return cls(cls.State.SUCCEEDED, update, None, snap["id"])
