@@ -19,5 +19,5 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,hf,torch,tfds]"
+.venv/bin/python -m pip install -q -e ".[dev,hf,torch,tfds,examples]"
 echo "spacefs installed in $(pwd)/.venv"
