@@ -167,20 +167,20 @@ def to_table(data: Any, schema: pa.Schema, what: str) -> pa.Table:
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     elif isinstance(data, dict):
-        try:
-            cols = {}
-            for name, values in data.items():
-                if name in schema.names:
-                    t = schema.field(name).type
-                    storage = t.storage_type if isinstance(t, pa.ExtensionType) else t
-                    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-                        cols[name] = values
-                    else:
-                        cols[name] = pa.array(list(values) if not hasattr(values, "__len__") else values, storage)
+        cols = {}
+        for name, values in data.items():
+            t = schema.field(name).type if name in schema.names else None
+            storage = t.storage_type if isinstance(t, pa.ExtensionType) else t
+            try:
+                if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                    cols[name] = values
                 else:
-                    cols[name] = pa.array(list(values))
+                    cols[name] = pa.array(values if hasattr(values, "__len__") else list(values), storage)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+                raise SchemaError(f"{what}: field {name!r} does not match type {t}: {e}") from None
+        try:
             data = pa.table(cols)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise SchemaError(f"{what}: data does not match the schema: {e}") from None
     elif isinstance(data, list) and (not data or isinstance(data[0], dict)):
         try:

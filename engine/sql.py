@@ -31,7 +31,7 @@ def query_datasets(query: str, datasets: dict[str, tuple[Any, Any]]) -> pa.Table
                 con.register(f"__empty_{len(name)}_{abs(hash(name))}", empty)
                 con.execute(f"CREATE VIEW {_quote(name)} AS SELECT * FROM {_quote(f'__empty_{len(name)}_{abs(hash(name))}')}")
         try:
-            return con.execute(query).to_arrow_table()
+            return con.sql(query).to_arrow_table()
         except duckdb.Error as e:
             raise UserInputError(f"SQL error: {str(e).splitlines()[0]}") from None
     finally:

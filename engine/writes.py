@@ -65,7 +65,8 @@ class FileWriter:
             if values.type != pa.binary():
                 values = values.cast(pa.binary())
             valid = values.is_valid()
-            if values.null_count:
+            has_nulls = values.null_count > 0
+            if has_nulls:
                 values = pc.if_else(valid, values, pa.scalar(b"", pa.binary()))
             rel = f"data/records/{f.name}/{uuid.uuid4().hex}.array_record"
             os.makedirs(os.path.dirname(self._path(rel)), exist_ok=True)
@@ -77,7 +78,7 @@ class FileWriter:
             refs = pa.StructArray.from_arrays(
                 [pa.array([rel] * n, pa.string()), pa.array(np.arange(n, dtype=np.int64)), sizes, pa.array(offsets)],
                 fields=list(REF_TYPE),
-                mask=pc.invert(valid) if values.null_count else None,
+                mask=pc.invert(valid) if has_nulls else None,
             )
             cols.append(refs)
             entries.append(record_entry(rel, f.name, n, os.path.getsize(self._path(rel)), -1))
