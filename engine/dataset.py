@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -13,6 +14,9 @@ from .log import Entry
 from .options import FileOptions, RayOptions
 from .runners import LocalRunner
 from .storage import DEFAULT_BRANCH, Storage, Version, validate_ref_name
+
+if TYPE_CHECKING:
+    from .vacuum import VacuumReport
 
 
 class Dataset:
@@ -177,6 +181,16 @@ class Dataset:
 
     def num_rows(self, version: Version = None) -> int:
         return self._storage.snapshot(self.snapshot_id(version))["stats"]["rows"]
+
+    # -- maintenance -----------------------------------------------------------
+    def vacuum(self, older_than: timedelta = timedelta(days=1), *, apply: bool = False) -> VacuumReport:
+        """Remove files no snapshot references once older than ``older_than``.
+
+        A dry run unless ``apply=True``; returns a ``VacuumReport`` (files, bytes).
+        """
+        from .vacuum import vacuum
+
+        return vacuum(self._storage, older_than=older_than, apply=apply)
 
     # -- views (engine/views.py) -----------------------------------------------
     def map_batches(self, fn, output_schema: pa.Schema, input_fields: Sequence[str] | None = None,
