@@ -47,7 +47,6 @@ class FileWriter:
             chunk = table.slice(start, step)
             if chunk.num_rows:
                 entries += self._write_chunk(chunk)
-        failpoints.hit("write:after_data")
         return entries
 
     def _write_chunk(self, chunk: pa.Table) -> list[dict[str, Any]]:
@@ -91,6 +90,7 @@ class FileWriter:
         self.written.append(rel)
         pq.write_table(index, self._path(rel), compression=self.options.parquet_compression)
         self._sync(rel)
+        failpoints.hit("write:after_data")
         return index_entry(rel, index, os.path.getsize(self._path(rel)), -1, self.storage.stats_fields,
                            self.storage.record_fields, rewrite=rewrite)
 
