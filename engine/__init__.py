@@ -7,6 +7,7 @@ from . import errors
 from .catalog import DirCatalog
 from .dataset import Dataset
 from .options import FileOptions, RayOptions
+from .tf_features import TfFeatures
 from .types import ChangeData, ChangeType, JobResult
 
-__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RayOptions", "errors"]
+__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RayOptions", "TfFeatures", "errors"]

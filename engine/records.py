@@ -214,39 +214,126 @@ class RecordReader:
                 self._readers[rel] = reader
         return reader.read(list(positions))
 
+    def _fd_batch(self, rels: Sequence[str]) -> list[int]:
+        """Descriptors for all of ``rels`` at once; the LRU never evicts one of them
+        while they are handed out together."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._fds.clear()
+                self._readers.clear()
+                self._pid = os.getpid()
+            out = []
+            for rel in rels:
+                fd = self._fds.get(rel)
+                if fd is None:
+                    fd = os.open(os.path.join(self.root, rel), os.O_RDONLY)
+                    self._fds[rel] = fd
+                else:
+                    self._fds.move_to_end(rel)
+                out.append(fd)
+            keep = max(self._max_open, len(rels))
+            while len(self._fds) > keep:
+                _, old = self._fds.popitem(last=False)
+                os.close(old)
+            return out
+
+    def read_batch(self, files: Sequence[str], file_idx: np.ndarray, offset: np.ndarray,
+                   size: np.ndarray, pos: np.ndarray, threads: int = 0) -> list[bytes]:
+        """Records given as parallel arrays (``files[file_idx[i]]``, offset, size, position),
+        returned in the order asked.
+
+        Reads go in (file, offset) order; records that lie within ``COALESCE_GAP`` of each
+        other are fetched with one ``pread`` and cut apart, so a batch of neighbours costs
+        one syscall and a batch of strangers one each, the physical minimum.
+        """
+        n = len(offset)
+        out: list[bytes] = [b""] * n
+        if n == 0:
+            return out
+        slow = offset < 0
+        if slow.any():
+            for f in np.unique(file_idx[slow]).tolist():
+                idx = np.flatnonzero(slow & (file_idx == f))
+                for i, v in zip(idx.tolist(), self._slow(files[f], pos[idx].tolist()), strict=True):
+                    out[i] = v
+            keep = np.flatnonzero(~slow)
+        else:
+            keep = None
+        fi = file_idx if keep is None else file_idx[keep]
+        off = offset if keep is None else offset[keep]
+        sz = size if keep is None else size[keep]
+        if len(off) == 0:
+            return out
+        order = np.lexsort((off, fi))
+        rows = order if keep is None else keep[order]
+        fi, off, sz = fi[order], off[order], sz[order]
+        end = np.where(sz > 0, _phys_end_vec(off, sz), off)
+        plain = (end - off) == sz  # no block header inside the record
+        brk = np.empty(len(off), dtype=bool)
+        brk[0] = True
+        brk[1:] = (fi[1:] != fi[:-1]) | (off[1:] - end[:-1] > COALESCE_GAP)
+        starts = np.flatnonzero(brk)
+        stops = np.append(starts[1:], len(off))
+        gend = np.maximum.reduceat(end, starts)
+        uniq, inv = np.unique(fi, return_inverse=True)
+        fd_of = np.asarray(self._fd_batch([files[f] for f in uniq.tolist()]), dtype=np.int64)[inv]
+        simple = ((stops - starts) == 1) & plain[starts]
+        s_idx = starts[simple]
+        jobs: list[tuple[list[int], list[int], list[int], list[int]]] = []
+        rows_l, fd_l, off_l, sz_l = (a[s_idx].tolist() for a in (rows, fd_of, off, sz))
+        step = max(256, -(-len(rows_l) // max(threads, 1)))
+        for a in range(0, len(rows_l), step):
+            jobs.append((rows_l[a : a + step], fd_l[a : a + step], off_l[a : a + step], sz_l[a : a + step]))
+
+        def simple_reads(job: tuple[list[int], list[int], list[int], list[int]]) -> None:
+            pread = os.pread
+            for j, fd, o, s in zip(*job, strict=True):
+                b = out[j] = pread(fd, s, o)
+                if len(b) != s:
+                    raise OSError(f"short read: {len(b)} of {s} bytes at {o} (truncated record file?)")
+
+        if threads > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(min(threads, len(jobs))) as ex:
+                list(ex.map(simple_reads, jobs))
+        else:
+            for job in jobs:
+                simple_reads(job)
+        rows_c, off_c, sz_c, plain_c = rows.tolist(), off.tolist(), sz.tolist(), plain.tolist()
+        for a, b, g1, fd in zip(starts[~simple].tolist(), stops[~simple].tolist(), gend[~simple].tolist(),
+                                fd_of[starts[~simple]].tolist(), strict=True):
+            g0 = off_c[a]
+            buf = os.pread(fd, g1 - g0, g0)
+            if len(buf) != g1 - g0:
+                raise OSError(f"short read in {files[int(fi[a])]}: {len(buf)} of {g1 - g0} bytes at {g0}")
+            for k in range(a, b):
+                r = off_c[k] - g0
+                out[rows_c[k]] = buf[r : r + sz_c[k]] if plain_c[k] else _strip_headers(buf, off_c[k], sz_c[k], g0)
+        return out
+
     def read_refs(self, refs: pa.Array, threads: int = 0) -> pa.Array:
         """Resolve a column of references to a binary column (nulls stay null)."""
         refs = refs.combine_chunks() if isinstance(refs, pa.ChunkedArray) else refs
         n = len(refs)
         if n == 0:
             return pa.array([], pa.binary())
-        files = refs.field("file").to_pylist()
-        pos = refs.field("pos").to_numpy(zero_copy_only=False)
-        size = refs.field("size").to_numpy(zero_copy_only=False)
-        off = refs.field("offset").to_numpy(zero_copy_only=False)
         valid = refs.is_valid().to_numpy(zero_copy_only=False)
-        out: list[bytes | None] = [None] * n
-
-        def one(i: int) -> None:
-            if valid[i]:
-                out[i] = self.read_one(files[i], int(pos[i]), int(off[i]), int(size[i]))
-
-        slow = [i for i in range(n) if valid[i] and off[i] < 0]
-        if slow:
-            by_file: dict[str, list[int]] = {}
-            for i in slow:
-                by_file.setdefault(files[i], []).append(i)
-            for f, idx in by_file.items():
-                for i, v in zip(idx, self._slow(f, [int(pos[i]) for i in idx]), strict=True):
-                    out[i] = v
-        fast = [i for i in range(n) if valid[i] and off[i] >= 0]
-        if threads > 1 and len(fast) > 64:
-            with ThreadPoolExecutor(threads) as ex:
-                list(ex.map(one, fast, chunksize=max(1, len(fast) // (threads * 4))))
-        else:
-            for i in fast:
-                one(i)
-        return pa.array(out, pa.binary())
+        live = np.flatnonzero(valid) if refs.null_count else None
+        sub = refs if live is None else refs.take(pa.array(live))
+        files = sub.field("file").dictionary_encode()
+        vals = self.read_batch(
+            files.dictionary.to_pylist(),
+            files.indices.to_numpy(zero_copy_only=False),
+            sub.field("offset").to_numpy(zero_copy_only=False),
+            sub.field("size").to_numpy(zero_copy_only=False),
+            sub.field("pos").to_numpy(zero_copy_only=False),
+            threads,
+        )
+        if live is not None:
+            full: list[bytes | None] = [None] * n
+            for i, v in zip(live.tolist(), vals, strict=True):
+                full[i] = v
+            return pa.array(full, pa.binary())
+        return pa.array(vals, pa.binary())
 
     def scan_refs(self, refs: pa.Array) -> pa.Array:
         """Like ``read_refs`` but for runs of consecutive records (full scans).
@@ -291,6 +378,30 @@ class RecordReader:
                 os.close(fd)
             self._fds.clear()
             self._readers.clear()
+
+
+# Records closer than this in one file are read with a single pread and cut apart:
+# a syscall costs more than copying a few KiB of page cache.
+COALESCE_GAP = 16 << 10
+
+
+def _phys_end_vec(offset: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Physical end (exclusive) of records starting at physical ``offset``; size > 0."""
+    last = _logical_vec(offset) + size - 1
+    return last + BLOCK_HEADER * (last // USABLE + 1) + 1
+
+
+def _strip_headers(buf: bytes, offset: int, size: int, base: int) -> bytes:
+    """The logical bytes of a record read, block headers included, into ``buf`` (which
+    starts at physical ``base``)."""
+    parts = []
+    pos = offset
+    while size > 0:
+        take = min(size, BLOCK - pos % BLOCK)
+        parts.append(buf[pos - base : pos - base + take])
+        size -= take
+        pos += take + BLOCK_HEADER
+    return b"".join(parts)
 
 
 def _logical_vec(physical: np.ndarray) -> np.ndarray:

@@ -172,6 +172,8 @@ def to_table(data: Any, schema: pa.Schema, what: str) -> pa.Table:
             t = schema.field(name).type if name in schema.names else None
             storage = t.storage_type if isinstance(t, pa.ExtensionType) else t
             try:
+                if hasattr(t, "encode_values") and not isinstance(values, (pa.Array, pa.ChunkedArray)):
+                    values = t.encode_values(values)  # e.g. TfFeatures: nested dicts to bytes
                 if isinstance(values, (pa.Array, pa.ChunkedArray)):
                     cols[name] = values
                 else:

@@ -11,7 +11,9 @@ from spacefs.engine import (
     FileOptions,
     JobResult,
     RayOptions,
+    TfFeatures,
     errors,
 )
+from spacefs.random_access import RandomAccessDataSource
 
-__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RayOptions", "errors"]
+__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RandomAccessDataSource", "RayOptions", "TfFeatures", "errors"]

@@ -1,0 +1,237 @@
+"""Random access to the rows of one version, for training loops (PyTorch, Grain).
+
+``RandomAccessDataSource`` pins a snapshot when it is built and keeps, per field, the
+row order of that snapshot's index together with the record references as numpy arrays.
+A batch of rows (``__getitems__``) is then one vectorized lookup plus the fewest
+``pread`` calls the records allow (``RecordReader.read_batch`` sorts them by file and
+offset and merges neighbours). The object pickles small and holds no open file across a
+``fork``, so DataLoader and Grain worker processes can use it as they receive it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from spacefs.engine import Dataset
+from spacefs.engine.errors import SchemaError, UserInputError
+from spacefs.engine.records import RecordReader
+from spacefs.engine.storage import Version
+
+Source = str | os.PathLike | Any  # a location, a Dataset or a MaterializedView
+
+
+@dataclass
+class _Refs:
+    """The record references of one field, in the snapshot's row order."""
+
+    files: list[str]
+    file_idx: np.ndarray  # int32, index into ``files``
+    offset: np.ndarray  # int64, physical offset (-1: compressed file, read by position)
+    size: np.ndarray  # int64
+    pos: np.ndarray  # int64, position of the record in its file
+    valid: np.ndarray | None  # bool, None when no row is null
+
+
+def _as_dataset(source: Source, field: str) -> Dataset:
+    if isinstance(source, (str, os.PathLike)):
+        source = Dataset.load(os.fspath(source))
+    if not hasattr(source, "storage") and hasattr(source, "dataset"):
+        source = source.dataset  # a MaterializedView reads its materialized files
+    if not hasattr(source, "storage") or not hasattr(source, "local"):
+        raise UserInputError(
+            f"field {field!r}: expected a dataset location, a Dataset or a MaterializedView, "
+            f"got {type(source).__name__}"
+        )
+    return source
+
+
+def _refs_of(column: pa.ChunkedArray | pa.Array) -> _Refs:
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(col) == 0:
+        empty = np.empty(0, np.int64)
+        return _Refs([], np.empty(0, np.int32), empty, empty, empty, None)
+    files = col.field("file").fill_null("").dictionary_encode()
+    valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else None
+
+    def num(name: str) -> np.ndarray:
+        return np.ascontiguousarray(col.field(name).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    return _Refs(
+        files.dictionary.to_pylist(),
+        np.ascontiguousarray(files.indices.to_numpy(zero_copy_only=False), dtype=np.int32),
+        num("offset"),
+        num("size"),
+        num("pos"),
+        valid,
+    )
+
+
+class _Group:
+    """The fields read from one dataset, and how to read their records."""
+
+    def __init__(self, ds: Dataset, fields: list[str], version: Version):
+        self.location = ds.location
+        self.name = ds.name
+        self.snapshot_id = ds.snapshot_id(version)
+        self.fields = fields
+        self.reader: RecordReader | None = None
+        self.reader_pid = -1
+
+    def record_reader(self) -> RecordReader:
+        # One reader per process: descriptors opened before a fork are not shared.
+        if self.reader is None or self.reader_pid != os.getpid():
+            self.reader = RecordReader(self.location, max_open=1024)
+            self.reader_pid = os.getpid()
+        return self.reader
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "reader": None, "reader_pid": -1}
+
+
+class RandomAccessDataSource:
+    """Rows of one version of one or several datasets, by index.
+
+    ``access_config`` maps each wanted field to where it lives: a dataset location, a
+    ``Dataset`` or a ``MaterializedView`` (its materialized data). Fields of different
+    datasets are lined up by primary key, in the row order of the first dataset named.
+    Record fields are read lazily from ArrayRecord; index fields are held in memory.
+
+    With one field an item is that field's value; with several it is a dict. With
+    ``deserialize=True`` record fields of a ``TfFeatures`` type come back as nested
+    numpy dicts (plain binary fields have nothing to deserialize and are refused).
+
+    Example::
+
+        source = RandomAccessDataSource({"feature": "/data/example_ds"}, version="v1")
+        len(source), source[2], source.__getitems__([5, 1, 9])
+    """
+
+    def __init__(self, access_config: Mapping[str, Source], deserialize: bool = False,
+                 version: Version = None, threads: int = 0):
+        if not isinstance(access_config, Mapping) or not access_config:
+            raise UserInputError("access_config must be a non-empty dict of {field: dataset location or Dataset}")
+        self.deserialize = bool(deserialize)
+        self.threads = int(threads)
+        self.fields = list(access_config)
+        groups: dict[str, tuple[Dataset, list[str]]] = {}
+        for field, source in access_config.items():
+            ds = _as_dataset(source, field)
+            if field not in ds.schema.names:
+                raise SchemaError(f"{ds.name}: no field {field!r} (fields: {ds.schema.names})")
+            groups.setdefault(ds.location, (ds, []))[1].append(field)
+        self._groups = [_Group(ds, fields, version) for ds, fields in groups.values()]
+        self._types: dict[str, pa.DataType] = {}
+        self._refs: dict[str, tuple[_Group, _Refs]] = {}
+        self._values: dict[str, pa.Array] = {}
+        base: pa.Table | None = None
+        for ds, fields in groups.values():
+            group = next(g for g in self._groups if g.location == ds.location)
+            t = self._read_group(ds, fields, group.snapshot_id, base)
+            if base is None:
+                base = t.select(ds.primary_keys) if len(groups) > 1 else t.select([])
+                self._keys = ds.primary_keys
+                self._len = t.num_rows
+            for f in fields:
+                self._types[f] = ds.schema.field(f).type
+                if f in ds.record_fields:
+                    self._refs[f] = (group, _refs_of(t.column(f)))
+                else:
+                    self._values[f] = t.column(f).combine_chunks()
+        if self.deserialize:
+            plain = [f for f in self._refs if not hasattr(self._types[f], "deserialize")]
+            if plain:
+                raise UserInputError(
+                    f"deserialize=True needs record fields with a serializer (TfFeatures); "
+                    f"{plain} are plain binary: pass deserialize=False to get their bytes"
+                )
+
+    def _read_group(self, ds: Dataset, fields: list[str], sid: int, base: pa.Table | None) -> pa.Table:
+        """The fields' index columns (references for record fields) of snapshot ``sid``,
+        aligned with ``base``'s primary keys when this is not the first dataset."""
+        if base is None:
+            cols = list(dict.fromkeys(ds.primary_keys + fields))
+            return ds.local().read_all(fields=cols, version=sid, reference_read=True)
+        if ds.primary_keys != self._keys:
+            raise SchemaError(f"{ds.name}: primary keys {ds.primary_keys} differ from {self._keys}; "
+                              "fields of several datasets are lined up by the same primary keys")
+        cols = list(dict.fromkeys(ds.primary_keys + fields))
+        t = ds.local().read_all(fields=cols, version=sid, reference_read=True)
+        t = t.append_column("_spacefs_hit", pa.array(np.ones(t.num_rows, dtype=bool)))
+        order = base.append_column("_spacefs_row", pa.array(np.arange(base.num_rows)))
+        joined = order.join(t, self._keys, join_type="left outer").sort_by("_spacefs_row")
+        missing = joined.column("_spacefs_hit").null_count
+        if joined.num_rows != base.num_rows or missing:
+            raise SchemaError(f"{ds.name}: at snapshot {sid} its keys do not match the first dataset's "
+                              f"({missing} missing, {t.num_rows} rows against {base.num_rows}); fields of "
+                              "several datasets are lined up by primary key")
+        return joined
+
+    # -- sizes and versions ----------------------------------------------------
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def snapshot_ids(self) -> dict[str, int]:
+        """The pinned snapshot of each dataset read, by location."""
+        return {g.location: g.snapshot_id for g in self._groups}
+
+    # -- access ------------------------------------------------------------------
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return self.__getitems__(range(*index.indices(self._len)))
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index must be an int or a slice, got {type(index).__name__}")
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """Many rows at once: each record file is read in one sorted pass."""
+        idx = self._check(indices)
+        columns = {f: self._column(f, idx) for f in self.fields}
+        if len(self.fields) == 1:
+            return columns[self.fields[0]]
+        names = self.fields
+        return [dict(zip(names, row, strict=True)) for row in zip(*(columns[f] for f in names), strict=True)]
+
+    def _check(self, indices: Sequence[int]) -> np.ndarray:
+        try:
+            idx = np.asarray(indices)
+        except (TypeError, ValueError):
+            raise TypeError("indices must be a sequence of ints") from None
+        if idx.size == 0:
+            return np.empty(0, np.int64)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"indices must be ints, got {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False).ravel()
+        bad = (idx >= self._len) | (idx < -self._len)
+        if bad.any():
+            raise IndexError(f"index {int(idx[bad][0])} out of range for {self._len} rows")
+        return np.where(idx < 0, idx + self._len, idx)
+
+    def _column(self, field: str, idx: np.ndarray) -> list[Any]:
+        if field in self._values:
+            return self._values[field].take(pa.array(idx)).to_pylist()
+        group, refs = self._refs[field]
+        valid = refs.valid
+        want = idx if valid is None else idx[valid[idx]]
+        vals = group.record_reader().read_batch(
+            refs.files, refs.file_idx[want], refs.offset[want], refs.size[want], refs.pos[want], self.threads
+        )
+        if self.deserialize:
+            decode = self._types[field].deserialize
+            vals = [decode(v) for v in vals]
+        if valid is None or len(want) == len(idx):
+            return vals
+        out: list[Any] = [None] * len(idx)
+        for i, v in zip(np.flatnonzero(valid[idx]).tolist(), vals, strict=True):
+            out[i] = v
+        return out
+
+    def __repr__(self) -> str:
+        where = ", ".join(f"{g.name}@{g.snapshot_id}" for g in self._groups)
+        return f"RandomAccessDataSource(fields={self.fields}, rows={self._len}, {where})"
