@@ -100,7 +100,13 @@ class Storage:
     @classmethod
     def create(cls, location: str, schema: pa.Schema, primary_keys: list[str], record_fields: list[str],
                file_layout: dict[str, str] | None = None, kind: str = "dataset",
-               extra: dict[str, Any] | None = None) -> Storage:
+               extra: dict[str, Any] | None = None, files: dict[str, bytes] | None = None) -> Storage:
+        """Create a dataset directory atomically.
+
+        ``files`` (relative path -> bytes) are written into the directory before it is
+        published, e.g. a materialized view's pickled definition, so a crash never
+        leaves a dataset without them.
+        """
         if isinstance(primary_keys, str):
             primary_keys = [primary_keys]
         record_fields = list(record_fields or [])
@@ -129,6 +135,13 @@ class Storage:
         }
         with open(os.path.join(staging, "metadata", "dataset.json"), "wb") as f:
             f.write(sch.dumps(meta))
+        for rel, data in (files or {}).items():
+            path = os.path.normpath(os.path.join(staging, rel))
+            if not path.startswith(staging + os.sep):
+                raise UserInputError(f"extra file {rel!r} lies outside the dataset directory")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
         snap0 = {"id": 0, "parent": None, "branch": DEFAULT_BRANCH, "time": meta["created"], "op": "create",
                  "manifests": [], "delta": None, "deleted": None, "stats": {"rows": 0, "index_files": 0, "index_bytes": 0, "record_bytes": 0}}
         doc = {"seq": 0, "time": meta["created"], "op": "create", "last_snapshot_id": 0,
@@ -223,12 +236,16 @@ class Storage:
             _backoff(attempt)
         raise CommitConflictError(f"{self.name}: {op} lost to concurrent writers {MAX_COMMIT_ATTEMPTS} times")
 
-    def commit_snapshot(self, branch: str, op: str, plan: Callable[[int], Plan | None]) -> dict[str, Any] | None:
+    def commit_snapshot(self, branch: str, op: str, plan: Callable[[int], Plan | None],
+                        settings: Callable[[Entry], dict[str, Any]] | None = None) -> dict[str, Any] | None:
         """Publish a new snapshot on ``branch``; ``plan(base_id)`` says what changes.
 
         Optimistic: the plan is computed against the branch head; if another writer
         lands first, the plan is recomputed on the new head (cached when the head
-        snapshot did not change) and the commit retried.
+        snapshot did not change) and the commit retried. ``settings(head)``, if given,
+        returns the settings to publish in the same log entry (it may raise to refuse
+        the commit): a materialized view moves its "reflects source snapshot N" marker
+        atomically with its data this way.
         """
         plans: dict[int, Plan | None] = {}
         try:
@@ -244,12 +261,13 @@ class Storage:
                 p = plans[base]
                 if p is None or p.empty:
                     return None
+                new_settings = settings(head) if settings else head.settings
                 sid = head.last_snapshot_id + 1
                 snap, created = self._snapshot_doc(sid, base, branch, op, p)
                 failpoints.hit("commit:after_manifest")
                 doc = {"seq": head.seq + 1, "time": snap["time"], "op": op, "last_snapshot_id": sid,
                        "branches": {**head.branches, branch: sid}, "tags": head.tags,
-                       "settings": head.settings, "snapshot": snap}
+                       "settings": new_settings, "snapshot": snap}
                 if self.log.try_publish(doc):
                     plans.clear()
                     return snap
