@@ -182,6 +182,22 @@ class Dataset:
     def num_rows(self, version: Version = None) -> int:
         return self._storage.snapshot(self.snapshot_id(version))["stats"]["rows"]
 
+    # -- training integrations (engine/hf.py) ----------------------------------
+    def to_huggingface(self, version: Version = None, fields: Sequence[str] | None = None,
+                       cache_dir: str | None = None):
+        """A version as a ``datasets.Dataset``, record bytes materialized, features kept."""
+        from .hf import to_huggingface
+
+        return to_huggingface(self, version, fields, cache_dir)
+
+    @classmethod
+    def from_huggingface(cls, hf_dataset, location: str, primary_keys: Sequence[str] | str,
+                         record_fields: Sequence[str] | None = None, batch_size: int = 1000) -> Dataset:
+        """Store a ``datasets.Dataset`` as a new dataset at ``location``, in one snapshot."""
+        from .hf import from_huggingface
+
+        return from_huggingface(hf_dataset, location, primary_keys, record_fields, batch_size)
+
     # -- maintenance -----------------------------------------------------------
     def vacuum(self, older_than: timedelta = timedelta(days=1), *, apply: bool = False) -> VacuumReport:
         """Remove files no snapshot references once older than ``older_than``.

@@ -191,12 +191,16 @@ class RandomAccessDataSource:
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """Many rows at once: each record file is read in one sorted pass."""
-        idx = self._check(indices)
-        columns = {f: self._column(f, idx) for f in self.fields}
+        columns = self.columns(indices)
         if len(self.fields) == 1:
             return columns[self.fields[0]]
         names = self.fields
         return [dict(zip(names, row, strict=True)) for row in zip(*(columns[f] for f in names), strict=True)]
+
+    def columns(self, indices: Sequence[int]) -> dict[str, list[Any]]:
+        """The rows at ``indices`` as one list per field (a columnar batch)."""
+        idx = self._check(indices)
+        return {f: self._column(f, idx) for f in self.fields}
 
     def _check(self, indices: Sequence[int]) -> np.ndarray:
         try:
