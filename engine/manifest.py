@@ -94,6 +94,9 @@ class ManifestStore:
         return {"path": rel, "entries": table.num_rows}
 
     def _put(self, rel: str, table: pa.Table) -> None:
+        # Merged manifests are concatenations: without this, a long-lived process caches
+        # tables whose chunk count grows with every commit, and each commit slows down.
+        table = table.combine_chunks()
         with self._lock:
             self._cache[rel] = table
             self._cache.move_to_end(rel)
