@@ -1,0 +1,159 @@
+"""``spacefs import`` and ``spacefs export``: Parquet, folders, WebDataset, HuggingFace.
+
+An import makes one snapshot or none (a failure changes nothing, and a dataset the
+import created is removed again); an export writes a new directory that appears only
+when complete. Progress bars show on a terminal.
+"""
+
+from __future__ import annotations
+
+import click
+
+from spacefs.cli import main
+
+_MODE = click.option("--mode", type=click.Choice(["append", "insert", "upsert"]), default="append", show_default=True,
+                     help="append: no key check; insert: refuse keys already stored; upsert: replace them.")
+_KEYS = click.option("-k", "--primary-key", "primary_keys", multiple=True, metavar="FIELD",
+                     help="Primary key field (repeat for a composite key); needed when DATASET is new.")
+_RECORDS = click.option("-r", "--record-field", "record_fields", multiple=True, metavar="FIELD",
+                        help="Binary field stored in ArrayRecord rather than Parquet (repeatable).")
+_VERSION = click.option("--version", "version", default=None, metavar="V",
+                        help="Snapshot id, tag or branch to export (default: the main branch head).")
+_FIELDS = click.option("-f", "--field", "fields", multiple=True, metavar="FIELD", help="Export only these fields.")
+
+
+@main.group(name="import")
+def import_group() -> None:
+    """Import data into a dataset directory (created if it does not exist), in one snapshot."""
+
+
+@main.group(name="export")
+def export_group() -> None:
+    """Export a version of a dataset into a new directory."""
+
+
+# -- import ----------------------------------------------------------------------
+@import_group.command(name="parquet")
+@click.argument("src", nargs=-1, required=True)
+@click.argument("dataset")
+@_KEYS
+@_RECORDS
+@_MODE
+def import_parquet_cmd(src: tuple[str, ...], dataset: str, primary_keys: tuple[str, ...],
+                       record_fields: tuple[str, ...], mode: str) -> None:
+    """Import Parquet files (SRC: files, directories or globs) into DATASET."""
+    from spacefs.io.parquet import import_parquet
+
+    click.echo(import_parquet(list(src), dataset, primary_keys, record_fields, mode).summary())
+
+
+@import_group.command(name="folder")
+@click.argument("src")
+@click.argument("dataset")
+@click.option("--content-field", default="content", show_default=True, help="Name of the field holding file bytes.")
+@click.option("--mode", type=click.Choice(["append", "insert", "upsert"]), default="insert", show_default=True,
+              help="insert refuses a file already stored; upsert replaces it.")
+def import_folder_cmd(src: str, dataset: str, content_field: str, mode: str) -> None:
+    """Import a folder in ImageFolder layout (SRC/<class>/<file>) into DATASET.
+
+    Rows are (label, name, content); the dataset's file layout {label}/{name} makes the
+    mount show the same tree under files/.
+    """
+    from spacefs.io.folder import import_folder
+
+    click.echo(import_folder(src, dataset, content_field, mode).summary())
+
+
+@import_group.command(name="webdataset")
+@click.argument("src", nargs=-1, required=True)
+@click.argument("dataset")
+@click.option("--text-ext", multiple=True, metavar="EXT",
+              help="Also store this extension as a string index field (txt, cls, json... already are).")
+@click.option("--key-field", default="key", show_default=True, help="Field holding each sample's __key__.")
+@click.option("--ray", "use_ray", is_flag=True, help="Read the shards in Ray tasks (starts a local Ray if none).")
+@click.option("-j", "--parallelism", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="Shards read at once.")
+def import_webdataset_cmd(src: tuple[str, ...], dataset: str, text_ext: tuple[str, ...], key_field: str,
+                          use_ray: bool, parallelism: int) -> None:
+    """Import WebDataset tar shards (SRC: files, directories, globs or {000..009} patterns).
+
+    Each sample becomes a row keyed by its __key__; each extension a field.
+    """
+    from spacefs.io.webdataset import TEXT_EXTS, import_webdataset
+
+    exts = set(TEXT_EXTS) | {e.lstrip(".").lower() for e in text_ext}
+    click.echo(import_webdataset(list(src), dataset, exts, key_field, use_ray, parallelism).summary())
+
+
+@import_group.command(name="hf")
+@click.argument("src")
+@click.argument("dataset")
+@_KEYS
+@_RECORDS
+@click.option("--split", default=None, help="Split to import when SRC holds a DatasetDict.")
+@_MODE
+def import_hf_cmd(src: str, dataset: str, primary_keys: tuple[str, ...], record_fields: tuple[str, ...],
+                  split: str | None, mode: str) -> None:
+    """Import a HuggingFace dataset saved with save_to_disk (SRC) into DATASET."""
+    from spacefs.io.huggingface import import_hf
+
+    click.echo(import_hf(src, dataset, primary_keys, record_fields, split=split, mode=mode).summary())
+
+
+# -- export ----------------------------------------------------------------------
+@export_group.command(name="parquet")
+@click.argument("dataset")
+@click.argument("dest")
+@_VERSION
+@_FIELDS
+@click.option("--rows-per-file", default=1_000_000, show_default=True, type=click.IntRange(1))
+def export_parquet_cmd(dataset: str, dest: str, version: str | None, fields: tuple[str, ...],
+                       rows_per_file: int) -> None:
+    """Export a version as Parquet files with record bytes inline."""
+    from spacefs.io.parquet import export_parquet
+
+    files = export_parquet(dataset, dest, version, list(fields) or None, rows_per_file)
+    click.echo(f"exported {len(files)} Parquet file(s) to {dest}")
+
+
+@export_group.command(name="folder")
+@click.argument("dataset")
+@click.argument("dest")
+@_VERSION
+@click.option("--path", "path", default=None, metavar="TEMPLATE",
+              help="File path per row, like '{label}/{name}' (default: the dataset's file layout).")
+@click.option("--content", default=None, metavar="FIELD", help="Field written as each file's bytes.")
+def export_folder_cmd(dataset: str, dest: str, version: str | None, path: str | None, content: str | None) -> None:
+    """Export a version as a folder tree, one file per row (the mount's files/ tree)."""
+    from spacefs.io.folder import export_folder
+
+    n = export_folder(dataset, dest, version, path, content)
+    click.echo(f"exported {n} files to {dest}")
+
+
+@export_group.command(name="webdataset")
+@click.argument("dataset")
+@click.argument("dest")
+@_VERSION
+@_FIELDS
+@click.option("--samples-per-shard", default=10_000, show_default=True, type=click.IntRange(1))
+def export_webdataset_cmd(dataset: str, dest: str, version: str | None, fields: tuple[str, ...],
+                          samples_per_shard: int) -> None:
+    """Export a version as WebDataset tar shards, one sample per row."""
+    from spacefs.io.webdataset import export_webdataset
+
+    shards = export_webdataset(dataset, dest, version, samples_per_shard, list(fields) or None)
+    click.echo(f"exported {len(shards)} shard(s) to {dest}")
+
+
+@export_group.command(name="hf")
+@click.argument("dataset")
+@click.argument("dest")
+@_VERSION
+@_FIELDS
+def export_hf_cmd(dataset: str, dest: str, version: str | None, fields: tuple[str, ...]) -> None:
+    """Export a version as a HuggingFace dataset (save_to_disk format), record bytes inline."""
+    from spacefs.io.huggingface import export_hf
+
+    n = export_hf(dataset, dest, version, list(fields) or None)
+    click.echo(f"exported {n} rows to {dest}")

@@ -1,0 +1,175 @@
+"""Where imports land and exports go, with the all-or-nothing rule of the engine kept.
+
+An import writes one snapshot or none: rows are streamed into a single engine write, so
+a failure (bad input, Ctrl-C) leaves the dataset exactly as it was. When the import
+created the dataset, a failure also removes it again, so no empty husk is left behind.
+An export is written into a hidden sibling of its destination and renamed into place
+only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from spacefs.engine import Dataset
+from spacefs.engine.errors import AlreadyExistsError, NotFoundError, SchemaError, UserInputError
+
+MODES = ("append", "insert", "upsert")
+
+# Imported rows are gathered into tables of about this size before each engine write:
+# every write makes its own index and ArrayRecord files, so tiny batches mean tiny files.
+CHUNK_ROWS = 100_000
+CHUNK_BYTES = 128 << 20
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did: the dataset, the snapshot it made (None if nothing changed)."""
+
+    location: str
+    snapshot_id: int | None
+    rows: int
+    created: bool
+
+    def summary(self) -> str:
+        where = f"snapshot {self.snapshot_id}" if self.snapshot_id is not None else "no new snapshot"
+        made = "new dataset " if self.created else ""
+        return f"imported {self.rows} rows into {made}{self.location} ({where})"
+
+
+def is_dataset(location: str) -> bool:
+    return os.path.isfile(os.path.join(str(location), "metadata", "dataset.json"))
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UserInputError(f"import mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def check_fields(ds: Dataset, schema: pa.Schema, source: str) -> None:
+    """Refuse data whose fields differ from an existing dataset's (a schema clash)."""
+    have, want = set(schema.names), set(ds.schema.names)
+    if have != want:
+        parts = []
+        if want - have:
+            parts.append(f"missing {sorted(want - have)}")
+        if have - want:
+            parts.append(f"unknown {sorted(have - want)}")
+        raise SchemaError(f"schema clash: {source} does not match dataset {ds.location} ({'; '.join(parts)})")
+    for f in schema:
+        dt = ds.schema.field(f.name).type
+        storage = dt.storage_type if isinstance(dt, pa.ExtensionType) else dt
+        if f.type != storage and not _castable(f.type, storage):
+            raise SchemaError(f"schema clash: field {f.name!r} of {source} is {f.type}, dataset {ds.location} has {dt}")
+
+
+def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
+    try:
+        pa.array([], src).cast(dst)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+
+
+@contextmanager
+def import_target(location: str, schema: pa.Schema, primary_keys: Sequence[str] | None,
+                  record_fields: Sequence[str] | None, source: str,
+                  file_layout: dict[str, str] | None = None) -> Iterator[tuple[Dataset, bool]]:
+    """Yield ``(dataset, created)``: the existing dataset (fields checked against
+    ``schema``), or a new one made from ``schema`` that is removed again on failure."""
+    location = os.path.abspath(str(location))
+    if is_dataset(location):
+        ds = Dataset.load(location)
+        check_fields(ds, schema, source)
+        yield ds, False
+        return
+    if not primary_keys:
+        raise UserInputError(f"{location} is not a dataset yet: creating it needs a primary key (--primary-key)")
+    existed = os.path.exists(location)
+    if existed and (not os.path.isdir(location) or os.listdir(location)):
+        raise AlreadyExistsError(f"{location} exists and is not a spacefs dataset")
+    ds = Dataset.create(location, schema, list(primary_keys), list(record_fields or []), file_layout)
+    try:
+        yield ds, True
+    except BaseException:
+        shutil.rmtree(location, ignore_errors=True)
+        if existed:
+            os.makedirs(location, exist_ok=True)
+        raise
+
+
+def write_rows(ds: Dataset, tables: Iterable[pa.Table], mode: str = "append") -> Any:
+    """One engine write of all ``tables``: one snapshot, or none on any failure."""
+    runner = ds.local()
+    chunks = rechunk(tables)
+    if check_mode(mode) == "append":
+        return runner.append(chunks)
+    return getattr(runner, mode)(chunks)
+
+
+def rechunk(tables: Iterable[pa.Table], max_rows: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> Iterator[pa.Table]:
+    """Gather small tables into ones of about ``max_rows`` rows or ``max_bytes`` bytes."""
+    pending: list[pa.Table] = []
+    rows = size = 0
+    for t in tables:
+        if not t.num_rows:
+            continue
+        pending.append(t)
+        rows += t.num_rows
+        size += t.nbytes
+        if rows >= max_rows or size >= max_bytes:
+            yield pa.concat_tables(pending, promote_options="none")
+            pending, rows, size = [], 0, 0
+    if pending:
+        yield pa.concat_tables(pending, promote_options="none")
+
+
+def progress(total: int | None = None, desc: str = "", unit: str = "row", unit_scale: bool = True) -> tqdm:
+    """A progress bar on a terminal; silent when stderr is not a tty."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=not sys.stderr.isatty(),
+                leave=False, dynamic_ncols=True)
+
+
+def counted(tables: Iterable[pa.Table], bar: tqdm, measure: Callable[[pa.Table], int] | None = None) -> Iterator[pa.Table]:
+    for t in tables:
+        yield t
+        bar.update(measure(t) if measure else t.num_rows)
+
+
+# -- exports -------------------------------------------------------------------
+def open_dataset(location: str) -> Dataset:
+    location = os.path.abspath(str(location))
+    if not is_dataset(location):
+        raise NotFoundError(f"no spacefs dataset at {location}")
+    return Dataset.load(location)
+
+
+@contextmanager
+def output_dir(dest: str) -> Iterator[str]:
+    """Yield a hidden staging directory that becomes ``dest`` when the block succeeds."""
+    dest = os.path.abspath(str(dest))
+    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        raise AlreadyExistsError(f"export destination {dest} exists and is not an empty directory")
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{os.path.basename(dest)}.exporting-{os.getpid()}-{random.getrandbits(32):x}")
+    os.makedirs(staging)
+    try:
+        yield staging
+        if os.path.isdir(dest):
+            os.rmdir(dest)
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,236 @@
+"""WebDataset tar shards in and out, read and written with the ``webdataset`` package.
+
+A sample (the files of a shard sharing one key, ``000123.jpg``, ``000123.cls``...) becomes
+one row: its key in the primary key field ``key``, each extension a field of that name.
+Textual extensions (``txt``, ``cls``, ``json``...) become string index fields, queryable
+with SQL; every other extension a binary record field. Shards are ingested in parallel
+with ``append_from`` (threads, or Ray tasks with ``ray=True``), all in one snapshot.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+
+from spacefs.engine import RayOptions
+from spacefs.engine.errors import NotFoundError, SchemaError, SpaceError, UserInputError
+from spacefs.engine.layout import encode_component
+
+from .target import ImportResult, import_target, open_dataset, output_dir, progress, rechunk
+
+TEXT_EXTS = frozenset({"txt", "text", "cls", "cls2", "class", "label", "id", "index", "json", "caption"})
+BATCH_SAMPLES = 1024
+BATCH_BYTES = 64 << 20
+_BASE_PLUS_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's own key rule
+
+
+def shard_files(src: str | Sequence[str]) -> list[str]:
+    """Tar shards named by a directory, a glob, or a brace pattern (``shard-{000..009}.tar``)."""
+    from braceexpand import braceexpand
+
+    srcs = [src] if isinstance(src, (str, os.PathLike)) else list(src)
+    files: list[str] = []
+    for s in map(str, srcs):
+        if os.path.isdir(s):
+            found = sorted(f for ext in ("*.tar", "*.tar.gz", "*.tgz") for f in glob.glob(os.path.join(s, ext)))
+            if not found:
+                raise NotFoundError(f"no .tar shards in {s}")
+            files += found
+            continue
+        for pattern in braceexpand(s):
+            found = [pattern] if os.path.isfile(pattern) else sorted(glob.glob(pattern))
+            if not found:
+                raise NotFoundError(f"no such shard: {pattern}")
+            files += found
+    return files
+
+
+@dataclass(frozen=True)
+class ShardScan:
+    """What the tar headers say: extensions seen and samples per shard."""
+
+    extensions: tuple[str, ...]
+    samples: dict[str, int]
+
+
+def scan_shards(files: Sequence[str]) -> ShardScan:
+    """Read the tar headers of every shard (no data for plain tars): finds the fields
+    and refuses corrupt shards before anything is written."""
+    exts: set[str] = set()
+    samples: dict[str, int] = {}
+    for f in files:
+        keys: set[str] = set()
+        try:
+            with tarfile.open(f, "r:*") as tf:
+                for m in tf:
+                    if not m.isreg() or os.path.basename(m.name).startswith("__"):
+                        continue
+                    match = _BASE_PLUS_EXT.match(m.name)
+                    if match:
+                        keys.add(match.group(1))
+                        exts.add(match.group(2).lower())
+                # tarfile stops quietly at a truncation on a header boundary; a whole
+                # shard ends with a zero block (the end-of-archive marker).
+                tf.fileobj.seek(tf.offset)
+                end = tf.fileobj.read(tarfile.BLOCKSIZE)
+                if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError("truncated: no end-of-archive marker")
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            raise UserInputError(f"corrupt tar shard {f}: {_one_line(e)}") from None
+        samples[f] = len(keys)
+    if not exts:
+        raise UserInputError(f"no samples in the WebDataset shards {files[0]}{' ...' if len(files) > 1 else ''}")
+    return ShardScan(tuple(sorted(exts)), samples)
+
+
+def _one_line(e: BaseException) -> str:
+    return "; ".join(part.strip(" -") for part in str(e).splitlines() if part.strip(" -")) or type(e).__name__
+
+
+def wds_schema(extensions: Iterable[str], text_exts: Iterable[str] = TEXT_EXTS, key_field: str = "key") -> tuple[pa.Schema, list[str]]:
+    """The dataset schema of samples with these extensions, and its record fields."""
+    text = set(text_exts)
+    exts = sorted(extensions)
+    if key_field in exts:
+        raise SchemaError(f"the samples have an extension {key_field!r}, which is also the key field; choose another key field")
+    fields = [pa.field(key_field, pa.string(), nullable=False)]
+    fields += [pa.field(e, pa.string() if e in text else pa.binary()) for e in exts]
+    return pa.schema(fields), [e for e in exts if e not in text]
+
+
+def read_shard(path: str, schema: pa.Schema, key_field: str = "key",
+               on_samples: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+    """The samples of one shard as tables of ``schema`` (a top-level function, so Ray
+    tasks can run it)."""
+    from webdataset.tariterators import tarfile_samples
+
+    names = [n for n in schema.names if n != key_field]
+    text = {n for n in names if pa.types.is_string(schema.field(n).type)}
+    cols: dict[str, list[Any]] = {n: [] for n in schema.names}
+    size = 0
+    try:
+        for sample in tarfile_samples([{"url": path}]):
+            unknown = [k for k in sample if not k.startswith("__") and k not in cols]
+            if unknown:
+                raise SchemaError(f"schema clash: sample {sample['__key__']!r} of {path} has extensions "
+                                  f"{unknown} that the dataset has no field for")
+            cols[key_field].append(sample["__key__"])
+            for n in names:
+                v = sample.get(n)
+                if v is not None:
+                    size += len(v)
+                    if n in text:
+                        v = v.decode("utf-8", "replace")
+                cols[n].append(v)
+            if len(cols[key_field]) >= BATCH_SAMPLES or size >= BATCH_BYTES:
+                yield pa.table(cols, schema=schema)
+                if on_samples:
+                    on_samples(len(cols[key_field]))
+                cols, size = {n: [] for n in schema.names}, 0
+    except SpaceError:
+        raise
+    except Exception as e:  # tarfile, gzip and webdataset raise many kinds
+        raise UserInputError(f"corrupt tar shard {path}: {_one_line(e)}") from None
+    if cols[key_field]:
+        yield pa.table(cols, schema=schema)
+        if on_samples:
+            on_samples(len(cols[key_field]))
+
+
+def rechunk_shard(path: str, schema: pa.Schema, key_field: str = "key",
+                  on_samples: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+    """One ingestion source: a shard's samples in tables of engine-friendly size."""
+    return rechunk(read_shard(path, schema, key_field, on_samples))
+
+
+def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterable[str] = TEXT_EXTS,
+                      key_field: str = "key", ray: bool = False, max_parallelism: int = 4) -> ImportResult:
+    """Ingest WebDataset shards into the dataset at ``location`` (created if absent) in
+    parallel, one shard per worker, all in one snapshot.
+
+    With ``ray=True`` the shards are read by Ray tasks (``ds.ray(...).append_from``).
+    """
+    files = shard_files(src)
+    scan = scan_shards(files)
+    total = sum(scan.samples.values())
+    if os.path.isfile(os.path.join(str(location), "metadata", "dataset.json")):
+        schema = open_dataset(location).schema  # the dataset decides which extensions are text
+        _check_extensions(schema, scan.extensions, key_field, files[0])
+        record_fields: list[str] = []
+    else:
+        schema, record_fields = wds_schema(scan.extensions, text_exts, key_field)
+    with import_target(location, schema, [key_field], record_fields, f"WebDataset {files[0]}") as (ds, created):
+        with progress(total, f"import {os.path.basename(ds.location)}", unit="sample") as bar:
+            if ray:
+                sources = [partial(rechunk_shard, f, ds.schema, key_field) for f in files]
+                result = ds.ray(RayOptions(max_parallelism=max_parallelism)).append_from(sources)
+                bar.update(total)
+            else:
+                sources = [partial(rechunk_shard, f, ds.schema, key_field, bar.update) for f in files]
+                result = ds.local().append_from(sources, max_workers=max_parallelism)
+    return ImportResult(ds.location, result.snapshot_id, total if result.snapshot_id is not None else 0, created)
+
+
+def _check_extensions(schema: pa.Schema, exts: Sequence[str], key_field: str, source: str) -> None:
+    if key_field not in schema.names:
+        raise SchemaError(f"schema clash: the dataset has no key field {key_field!r} (fields: {schema.names})")
+    unknown = [e for e in exts if e not in schema.names]
+    if unknown:
+        raise SchemaError(f"schema clash: WebDataset {source} has extensions {unknown} that the dataset has no field for")
+
+
+# -- export --------------------------------------------------------------------
+def sample_key(row: dict[str, Any], keys: Sequence[str]) -> str:
+    """A WebDataset ``__key__`` for a row: its primary key, with no ``.`` in the last
+    path segment (WebDataset splits the extension at the first dot)."""
+    if len(keys) == 1:
+        text = str(row[keys[0]])
+    else:
+        text = ",".join(encode_component(row[k]) for k in keys)
+    head, _, last = text.rpartition("/")
+    last = last.replace("%", "%25").replace(".", "%2E")
+    return f"{head}/{last}" if head else last
+
+
+def _file_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str).encode()
+    return str(value).encode()
+
+
+def export_webdataset(location: str, dest: str, version: int | str | None = None,
+                      samples_per_shard: int = 10_000, fields: Sequence[str] | None = None) -> list[str]:
+    """Write a version as WebDataset shards ``dest/shard-NNNNNN.tar``: one sample per row,
+    keyed by its primary key, one file per other field named by the field."""
+    import webdataset as wds
+
+    ds = open_dataset(location)
+    keys = ds.primary_keys
+    single = len(keys) == 1
+    names = [n for n in (fields or ds.schema.names) if not (single and n == keys[0])]
+    read_fields = list(dict.fromkeys(keys + names))
+    sid = ds.snapshot_id(version)
+    with output_dir(dest) as staging, progress(ds.num_rows(sid), f"export {ds.name}", unit="sample") as bar:
+        with wds.ShardWriter(os.path.join(staging, "shard-%06d.tar"), maxcount=samples_per_shard,
+                             encoder=False, verbose=0, mtime=0) as sink:
+            for t in ds.local().read(version=sid, fields=read_fields):
+                for row in t.to_pylist():
+                    sample = {"__key__": sample_key(row, keys)}
+                    sample.update({n: _file_bytes(row[n]) for n in names if row[n] is not None})
+                    sink.write(sample)
+                    bar.update(1)
+        shards = sorted(os.listdir(staging))
+    return [os.path.join(os.path.abspath(dest), s) for s in shards]
