@@ -1,0 +1,151 @@
+"""The mount daemon: ``python -m spacefs.mount.daemon SOURCE MOUNTPOINT``.
+
+Lifecycle, in order: open the tree (fails early on a bad source), bind the control
+socket, mount (``pyfuse3.init``, ``auto_unmount`` so the kernel mount goes away even if
+this process is killed), then in one trio nursery serve FUSE requests, the control
+socket, the commit watcher and signals. SIGTERM, SIGINT and SIGHUP end the FUSE loop;
+an unmount from outside (``fusermount3 -u``) ends it too. Then everything is torn down
+in reverse: tasks cancelled, the file system unmounted, socket and state files removed.
+``--ready-fd`` receives one line, ``ok`` or the error, once the mount is serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from . import paths
+from .control import ControlServer
+from .fuse_ops import FuseOps, KernelNotifier
+from .tree import Tree
+
+log = logging.getLogger("spacefs.mount")
+
+POLL_INTERVAL = 0.25
+
+
+async def _watch(tree: Tree, ops: FuseOps, interval: float, poke: trio.MemoryReceiveChannel) -> None:
+    """Poll the datasets' log heads; make the kernel forget refs that moved."""
+    limiter = trio.CapacityLimiter(1)
+    while True:
+        with trio.move_on_after(interval):
+            await poke.receive()
+        try:
+            changes = await trio.to_thread.run_sync(tree.poll, limiter=limiter)
+            if changes:
+                n = await ops.invalidate(changes)
+                log.debug("commit seen: %d changes, %d kernel invalidations", len(changes), n)
+        except Exception:
+            log.exception("watching for commits failed; retrying")
+
+
+async def _signals(on_signal: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for s in sigs:
+            log.info("signal %s: unmounting", signal.Signals(s).name)
+            on_signal()
+            return
+
+
+async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_recv, interval: float,
+                 ready: Callable[[], None]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch, tree, ops, interval, poke_recv)
+        await nursery.start(control.serve, sock)
+        nursery.start_soon(_signals, pyfuse3.terminate)
+        ready()
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def run(source: str, mountpoint: str, *, allow_other: bool = False, ready: Callable[[str], None] | None = None,
+        interval: float = POLL_INTERVAL, log_path: str | None = None) -> None:
+    """Mount ``source`` (a catalog or dataset directory) at ``mountpoint`` until unmounted."""
+    ready = ready or (lambda msg: None)
+    mountpoint = os.path.abspath(mountpoint)
+    tree = Tree(source)
+    ops = FuseOps(tree, KernelNotifier())
+    poke_send, poke_recv = trio.open_memory_channel(1)
+
+    def poke() -> None:
+        with contextlib.suppress(trio.WouldBlock):
+            poke_send.send_nowait(None)
+
+    control = ControlServer(source, allow_other=allow_other, on_commit=poke)
+    sock_path = paths.socket_path(mountpoint)
+    state_path = paths.state_path(mountpoint)
+    sock = control.bind(sock_path)
+    options = set(pyfuse3.default_options) | {"fsname=spacefs", "subtype=spacefs", "ro", "auto_unmount"}
+    if allow_other:
+        options.add("allow_other")
+    mounted = False
+    try:
+        pyfuse3.init(ops, mountpoint, options)
+        mounted = True
+        with open(state_path + ".tmp", "w") as f:
+            json.dump({"pid": os.getpid(), "source": os.path.abspath(source), "mountpoint": mountpoint,
+                       "socket": sock_path, "log": log_path}, f)
+        os.replace(state_path + ".tmp", state_path)
+        log.info("mounted %s at %s (control socket %s)", source, mountpoint, sock_path)
+        trio.run(_serve, tree, ops, control, sock, poke_recv, interval, lambda: ready("ok"))
+    finally:
+        if mounted:
+            pyfuse3.close(unmount=True)
+        sock.close()
+        for p in (sock_path, state_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        log.info("unmounted %s", mountpoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m spacefs.mount.daemon", description=__doc__.splitlines()[0])
+    p.add_argument("source")
+    p.add_argument("mountpoint")
+    p.add_argument("--allow-other", action="store_true")
+    p.add_argument("--log", help="log file (default: stderr)")
+    p.add_argument("--ready-fd", type=int, help="write 'ok' or an error line here once serving")
+    p.add_argument("--poll-interval", type=float, default=POLL_INTERVAL)
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+
+    handler: logging.Handler = logging.FileHandler(args.log) if args.log else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    logging.getLogger("pyfuse3").setLevel(logging.INFO)
+
+    ready_file = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
+
+    def ready(msg: str) -> None:
+        nonlocal ready_file
+        if ready_file is not None:
+            with contextlib.suppress(OSError):
+                ready_file.write(msg.replace("\n", " ") + "\n")
+                ready_file.close()
+            ready_file = None
+
+    try:
+        run(args.source, args.mountpoint, allow_other=args.allow_other, ready=ready,
+            interval=args.poll_interval, log_path=args.log)
+    except Exception as e:
+        log.exception("the mount daemon failed")
+        ready(f"error: {e}")
+        return 1
+    finally:
+        ready("error: the daemon exited before the mount was ready")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""One immutable snapshot seen as files: its rows by key, its field values as bytes.
+
+A ``SnapshotView`` is built once per (dataset, snapshot, file layout) from the index
+Parquet files alone (``reference_read=True``): record fields stay references, so the
+view knows every file's exact size and where its bytes lie without reading a record.
+Snapshots never change, so a view never needs invalidating; the tree caches a few.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.types as pat
+from spacefs.engine.dataset import Dataset
+from spacefs.engine.layout import encode_component, format_path, layout_fields
+from spacefs.engine.records import RecordReader
+from spacefs.engine.storage import Storage
+
+log = logging.getLogger("spacefs.mount")
+
+
+class _Refs:
+    """The reference columns of one record field, as flat arrays (cheap per-row access)."""
+
+    def __init__(self, col: pa.ChunkedArray):
+        arr = col.combine_chunks()
+        n = len(arr)
+        self.valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, bool)
+        self.size = arr.field("size").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        self.offset = arr.field("offset").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        self.pos = arr.field("pos").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        # Most rows share a few record files: intern the names.
+        files = arr.field("file").dictionary_encode()
+        self.file_names: list[str] = files.dictionary.to_pylist()
+        self.file_idx = files.indices.fill_null(0).to_numpy(zero_copy_only=False)
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode()
+    if isinstance(v, (dt.date, dt.datetime, dt.time)):
+        return v.isoformat()
+    if isinstance(v, (decimal.Decimal, dt.timedelta)):
+        return str(v)
+    raise TypeError(f"cannot encode {type(v).__name__}")
+
+
+def format_value(value: Any, typ: pa.DataType) -> bytes:
+    """An index field value as file content (SPEC section 4): binary raw, strings UTF-8,
+    scalars as text and a newline, lists and structs as JSON and a newline."""
+    if pat.is_binary(typ) or pat.is_large_binary(typ) or pat.is_fixed_size_binary(typ):
+        return bytes(value)
+    if pat.is_string(typ) or pat.is_large_string(typ):
+        return value.encode("utf-8")
+    if pat.is_nested(typ):
+        return json.dumps(value, default=_json_default, ensure_ascii=False).encode() + b"\n"
+    if isinstance(value, bool):
+        return b"true\n" if value else b"false\n"
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat().encode() + b"\n"
+    return str(value).encode() + b"\n"
+
+
+class FilesIndex:
+    """The ``files/`` tree of a file layout: directories, and a row per file path."""
+
+    def __init__(self) -> None:
+        self.dirs: dict[str, list[tuple[str, bool, int]]] = {"": []}
+        self.files: dict[str, int] = {}
+
+    def add(self, path: str, row: int) -> bool:
+        parts = [p for p in path.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            return False
+        full = "/".join(parts)
+        if full in self.files or full in self.dirs:
+            return False
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in self.files:
+                return False
+        parent = ""
+        for p in parts[:-1]:
+            d = f"{parent}/{p}" if parent else p
+            if d not in self.dirs:
+                self.dirs[d] = []
+                self.dirs[parent].append((p, True, -1))
+            parent = d
+        self.dirs[parent].append((parts[-1], False, row))
+        self.files[full] = row
+        return True
+
+
+class SnapshotView:
+    """Rows of snapshot ``sid``: names by primary key, and field contents by row."""
+
+    def __init__(self, storage: Storage, sid: int, layout: dict[str, str] | None):
+        self.storage = storage
+        self.sid = sid
+        self.layout = layout
+        self.schema = storage.schema
+        self.record_fields = set(storage.record_fields)
+        entries = storage.index_entries(sid)
+        # index/: the snapshot's Parquet files under their basenames.
+        self.index_files: dict[str, tuple[str, int]] = {
+            os.path.basename(e["path"]): (e["path"], int(e["bytes"])) for e in entries
+        }
+        self._table: pa.Table | None = None
+        self._names: list[str] | None = None
+        self._rows: list[int] | None = None
+        self._by_name: dict[str, int] | None = None
+        self._refs: dict[str, _Refs] = {}
+        self._cols: dict[str, pa.Array] = {}
+        self._files: FilesIndex | None = None
+
+    # -- rows ------------------------------------------------------------------
+    @property
+    def rows_loaded(self) -> bool:
+        return self._by_name is not None
+
+    def load_rows(self) -> None:
+        """Read the snapshot's index rows (references only) and index them by key."""
+        if self._by_name is not None:
+            return
+        runner = Dataset(self.storage).local()
+        t = runner.read_all(version=self.sid, reference_read=True)
+        t = t.combine_chunks()
+        keys = self.storage.primary_keys
+        key_cols = [t.column(k).to_pylist() for k in keys]
+        names: list[str] = []
+        rows: list[int] = []
+        by_name: dict[str, int] = {}
+        dups = 0
+        for i, vals in enumerate(zip(*key_cols, strict=True)):
+            name = ",".join(encode_component(v) for v in vals)
+            if name in by_name:
+                dups += 1  # appends do not check keys: the first row keeps the name
+                continue
+            by_name[name] = i
+            names.append(name)
+            rows.append(i)
+        if dups:
+            log.warning("%s@%d: %d rows repeat a primary key; rows/ shows the first of each",
+                        self.storage.name, self.sid, dups)
+        for f in self.record_fields:
+            self._refs[f] = _Refs(t.column(f))
+        self._table = t
+        self._names, self._rows = names, rows
+        self._by_name = by_name
+
+    def __len__(self) -> int:
+        return len(self._names or ())
+
+    def row_name(self, i: int) -> tuple[str, int]:
+        """The ``i``-th row directory: its name and row number."""
+        assert self._names is not None and self._rows is not None
+        return self._names[i], self._rows[i]
+
+    def row_by_name(self, name: str) -> int | None:
+        assert self._by_name is not None
+        return self._by_name.get(name)
+
+    # -- fields ----------------------------------------------------------------
+    def fields_of(self, row: int) -> list[str]:
+        """Field files of a row, in schema order; null values have no file."""
+        out = []
+        for f in self.schema.names:
+            if self.has_field(row, f):
+                out.append(f)
+        return out
+
+    def has_field(self, row: int, field: str) -> bool:
+        if field not in self.schema.names:
+            return False
+        if field in self.record_fields:
+            return bool(self._refs[field].valid[row])
+        return self._column(field)[row].is_valid
+
+    def _column(self, field: str) -> pa.Array:
+        col = self._cols.get(field)
+        if col is None:
+            assert self._table is not None
+            col = self._table.column(field).combine_chunks()
+            self._cols[field] = col
+        return col
+
+    def is_record(self, field: str) -> bool:
+        return field in self.record_fields
+
+    def value_bytes(self, row: int, field: str) -> bytes:
+        """Content of an index field's file (record fields are read with ``read_record``)."""
+        return format_value(self._column(field)[row].as_py(), self.schema.field(field).type)
+
+    def size(self, row: int, field: str) -> int:
+        if field in self.record_fields:
+            return int(self._refs[field].size[row])
+        return len(self.value_bytes(row, field))
+
+    def read_record(self, reader: RecordReader, row: int, field: str, start: int, length: int) -> bytes:
+        """Bytes ``[start, start+length)`` of a record, by range when the file allows it."""
+        r = self._refs[field]
+        rel = r.file_names[r.file_idx[row]]
+        size, off = int(r.size[row]), int(r.offset[row])
+        if off >= 0:
+            return reader.read_range(rel, off, size, start, length)
+        data = reader.read_one(rel, int(r.pos[row]), off, size)  # compressed file: whole record
+        return data[start : start + length]
+
+    # -- files/ ----------------------------------------------------------------
+    @property
+    def files_loaded(self) -> bool:
+        return self._files is not None
+
+    def load_files(self) -> None:
+        """Place every row at its layout path (first row wins on duplicates)."""
+        if self._files is not None or self.layout is None:
+            return
+        self.load_rows()
+        assert self._table is not None and self._rows is not None
+        template, content = self.layout["path"], self.layout["content"]
+        fields = sorted(set(layout_fields(template)))
+        cols = {f: self._table.column(f).to_pylist() for f in fields}
+        idx = FilesIndex()
+        skipped = 0
+        for i in self._rows:
+            if not self.has_field(i, content):
+                continue
+            path = format_path(template, {f: cols[f][i] for f in fields})
+            if not idx.add(path, i):
+                skipped += 1
+        if skipped:
+            log.warning("%s@%d: %d rows have a layout path that is taken or invalid; files/ shows the first",
+                        self.storage.name, self.sid, skipped)
+        self._files = idx
+
+    @property
+    def files(self) -> FilesIndex:
+        assert self._files is not None
+        return self._files
+
+    def schema_json(self) -> bytes:
+        from spacefs.engine.schema import schema_to_json
+
+        doc = {
+            "schema": schema_to_json(self.schema),
+            "primary_keys": self.storage.primary_keys,
+            "record_fields": self.storage.record_fields,
+            "file_layout": self.layout,
+            "snapshot_id": self.sid,
+        }
+        return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+class RowNames(Sequence):
+    """``rows/`` as a lazy sequence of (name, row) pairs: listing never builds them all."""
+
+    def __init__(self, view: SnapshotView):
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.view.row_name(j) for j in range(*i.indices(len(self)))]
+        return self.view.row_name(i)

@@ -1,0 +1,477 @@
+"""How a catalog (or one dataset) looks as a filesystem: SPEC section 4, in plain Python.
+
+No FUSE here. The tree answers four questions about a ``Node`` (``lookup``, ``children``,
+``attrs``, ``read``) and reports what changed since it last looked (``poll``); the
+pyfuse3 adapter (``fuse_ops.py``) turns that into FUSE replies and owns errno mapping.
+
+Every method takes ``io``: with ``io=False`` it answers only from memory and raises
+``NeedsIO`` otherwise. The adapter calls first on the event loop with ``io=False`` (most
+calls are cache hits) and retries in a worker thread with ``io=True``, so disk work never
+blocks the loop and cache hits never pay for a thread hop.
+
+Concurrency: worker threads may build caches while the loop reads them. Caches are plain
+dicts whose entries are complete before they are published (a single store, atomic under
+the GIL); builds of the same snapshot are serialised by a per-key lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from spacefs.engine.catalog import validate_name
+from spacefs.engine.errors import SpaceError
+from spacefs.engine.log import Entry
+from spacefs.engine.records import RecordReader
+from spacefs.engine.storage import DEFAULT_BRANCH, Storage
+
+from .snapshot import RowNames, SnapshotView
+
+# Node kinds.
+ROOT, DS, VERSIONS, TAGS, BRANCHES, CURRENT = "root", "ds", "versions", "tags", "branches", "current"
+TAG, BRANCH, VER, SCHEMA, INDEX, IXFILE = "tag", "branch", "ver", "schema", "index", "ixfile"
+ROWS, ROW, FIELD, FILES, FILE = "rows", "row", "field", "files", "file"
+
+DIR, REG, LINK = "dir", "file", "link"
+_DIRS = {ROOT, DS, VERSIONS, TAGS, BRANCHES, VER, INDEX, ROWS, ROW, FILES}
+_LINKS = {CURRENT, TAG, BRANCH}
+VIEW_CACHE = 16
+
+
+class NeedsIO(Exception):
+    """The answer needs disk I/O: ask again with ``io=True`` (from a worker thread)."""
+
+
+class Node(NamedTuple):
+    """Identity of one file or directory. Equal nodes are the same file, forever:
+    snapshot contents never change, and nodes whose meaning depends on the file
+    layout carry its generation ``gen``."""
+
+    kind: str
+    ds: str = ""
+    sid: int = -1
+    row: int = -1
+    name: str = ""
+    gen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    kind: str  # DIR, REG or LINK
+    size: int
+    mtime_ns: int
+    immutable: bool  # may the kernel cache it for long?
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    """Something the kernel may have cached that changed: the entry ``name`` in
+    directory ``node``, or (``name`` None) the attributes of ``node`` itself."""
+
+    node: Node
+    name: str | None = None
+
+
+@dataclass
+class _DsState:
+    storage: Storage
+    head: Entry
+    seq: int
+    reader: RecordReader
+    layout_gen: int = 0
+    snap_ns: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> dict[str, str] | None:
+        return self.head.settings.get("file_layout")
+
+    @property
+    def head_ns(self) -> int:
+        return _ns(self.head.doc.get("time"))
+
+
+def _ns(iso: str | None) -> int:
+    if not iso:
+        return 0
+    return int(datetime.fromisoformat(iso).timestamp() * 1e9)
+
+
+def _enoent(what: str) -> FileNotFoundError:
+    return FileNotFoundError(2, "No such file or directory", what)
+
+
+def _canonical_int(name: str) -> int | None:
+    if not name.isdigit() or not name.isascii() or (len(name) > 1 and name[0] == "0"):
+        return None
+    return int(name)
+
+
+class _Seq(Sequence):
+    """A lazy sequence of (name, Node) children: listing 100,000 rows builds nothing up front."""
+
+    def __init__(self, n: int, get):
+        self._n, self._get = n, get
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._get(i)
+
+
+class Tree:
+    """The mount tree of a catalog directory, or of a single dataset directory."""
+
+    def __init__(self, source: str):
+        self.source = os.path.abspath(source)
+        if os.path.isfile(os.path.join(self.source, "metadata", "dataset.json")):
+            self.catalog = False
+            self.single = os.path.basename(self.source.rstrip("/"))
+            self.root = Node(DS, self.single)
+        elif os.path.isdir(self.source):
+            self.catalog = True
+            self.single = ""
+            self.root = Node(ROOT)
+        else:
+            raise _enoent(f"{self.source}: not a catalog directory or a dataset")
+        self.start_ns = time.time_ns()
+        self._states: dict[str, _DsState] = {}
+        self._views: dict[tuple[str, int, int], SnapshotView] = {}
+        self._locks: dict[Any, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._seen: set[str] = set(self._list_datasets()) if self.catalog else set()
+
+    # -- datasets and caches ---------------------------------------------------
+    def _path(self, name: str) -> str:
+        return self.source if not self.catalog else os.path.join(self.source, name)
+
+    def _list_datasets(self) -> list[str]:
+        if not self.catalog:
+            return [self.single]
+        out = []
+        for name in sorted(os.listdir(self.source)):
+            if not name.startswith(".") and os.path.isfile(os.path.join(self.source, name, "metadata", "dataset.json")):
+                out.append(name)
+        return out
+
+    def _key_lock(self, key: Any) -> threading.Lock:
+        with self._lock:
+            lk = self._locks.get(key)
+            if lk is None:
+                lk = self._locks[key] = threading.Lock()
+            return lk
+
+    def state(self, name: str, io: bool = True) -> _DsState:
+        st = self._states.get(name)
+        if st is not None:
+            return st
+        if not io:
+            raise NeedsIO
+        if self.catalog:
+            try:
+                validate_name(name)
+            except SpaceError:
+                raise _enoent(name) from None
+        elif name != self.single:
+            raise _enoent(name)
+        with self._key_lock(("ds", name)):
+            st = self._states.get(name)
+            if st is None:
+                try:
+                    storage = Storage(self._path(name))
+                except SpaceError:
+                    raise _enoent(name) from None
+                head = storage.head()
+                st = _DsState(storage, head, head.seq, RecordReader(storage.location))
+                self._states[name] = st
+                self._seen.add(name)
+        return st
+
+    def _snap_ns(self, st: _DsState, sid: int, io: bool) -> int:
+        t = st.snap_ns.get(sid)
+        if t is None:
+            if not io:
+                raise NeedsIO
+            t = st.snap_ns[sid] = _ns(st.storage.snapshot(sid)["time"])
+        return t
+
+    def view(self, ds: str, sid: int, io: bool, *, rows: bool = False, files: bool = False,
+             gen: int | None = None) -> SnapshotView:
+        """The view of snapshot ``sid``; ``gen`` (for nodes that depend on the file
+        layout) must be the current layout generation."""
+        st = self.state(ds, io)
+        if gen is not None and gen != st.layout_gen:
+            raise _enoent(f"{ds}@{sid}: the file layout changed")
+        key = (ds, sid, st.layout_gen)
+        v = self._views.get(key)
+        if v is not None and (not rows or v.rows_loaded) and (not files or v.files_loaded):
+            return v
+        if not io:
+            raise NeedsIO
+        with self._key_lock(key):
+            v = self._views.get(key)
+            if v is None:
+                v = SnapshotView(st.storage, sid, st.layout)
+            if rows or files:
+                v.load_rows()
+            if files:
+                v.load_files()
+            with self._lock:
+                self._views[key] = v
+                while len(self._views) > VIEW_CACHE:
+                    self._views.pop(next(iter(self._views)))
+        return v
+
+    # -- lookup ----------------------------------------------------------------
+    def lookup(self, parent: Node, name: str, io: bool = True) -> Node:
+        """The child ``name`` of directory ``parent``; FileNotFoundError if none."""
+        k, ds = parent.kind, parent.ds
+        if k == ROOT:
+            self.state(name, io)
+            return Node(DS, name)
+        if k == DS:
+            if name in (VERSIONS, TAGS, BRANCHES, CURRENT):
+                return Node(name, ds)
+            raise _enoent(name)
+        if k == VERSIONS:
+            sid = _canonical_int(name)
+            st = self.state(ds, io)
+            if sid is None:
+                raise _enoent(name)
+            if sid > st.head.last_snapshot_id:
+                if not io:
+                    raise NeedsIO
+                self._refresh(ds, st)  # a commit newer than the last poll
+                if sid > st.head.last_snapshot_id:
+                    raise _enoent(name)
+            return Node(VER, ds, sid)
+        if k in (TAGS, BRANCHES):
+            refs = self.state(ds, io).head.tags if k == TAGS else self.state(ds, io).head.branches
+            if name not in refs:
+                raise _enoent(name)
+            return Node(TAG if k == TAGS else BRANCH, ds, name=name)
+        if k == VER:
+            st = self.state(ds, io)
+            if name == "schema.json":
+                return Node(SCHEMA, ds, parent.sid, gen=st.layout_gen)
+            if name == "index":
+                return Node(INDEX, ds, parent.sid)
+            if name == "rows":
+                return Node(ROWS, ds, parent.sid)
+            if name == "files" and st.layout is not None:
+                return Node(FILES, ds, parent.sid, gen=st.layout_gen)
+            raise _enoent(name)
+        if k == INDEX:
+            if name in self.view(ds, parent.sid, io).index_files:
+                return Node(IXFILE, ds, parent.sid, name=name)
+            raise _enoent(name)
+        if k == ROWS:
+            row = self.view(ds, parent.sid, io, rows=True).row_by_name(name)
+            if row is None:
+                raise _enoent(name)
+            return Node(ROW, ds, parent.sid, row)
+        if k == ROW:
+            if self.view(ds, parent.sid, io, rows=True).has_field(parent.row, name):
+                return Node(FIELD, ds, parent.sid, parent.row, name)
+            raise _enoent(name)
+        if k == FILES:
+            v = self.view(ds, parent.sid, io, files=True, gen=parent.gen)
+            path = f"{parent.name}/{name}" if parent.name else name
+            if path in v.files.dirs:
+                return Node(FILES, ds, parent.sid, name=path, gen=parent.gen)
+            row = v.files.files.get(path)
+            if row is not None:
+                return Node(FILE, ds, parent.sid, row, path, parent.gen)
+            raise _enoent(name)
+        raise NotADirectoryError(20, "Not a directory", name)
+
+    # -- listing ---------------------------------------------------------------
+    def children(self, node: Node, io: bool = True) -> Sequence[tuple[str, Node]]:
+        """The entries of directory ``node`` (a lazy sequence where it may be long)."""
+        k, ds = node.kind, node.ds
+        if k == ROOT:
+            if not io:
+                raise NeedsIO
+            return [(n, Node(DS, n)) for n in self._list_datasets()]
+        if k == DS:
+            return [(n, Node(n, ds)) for n in (VERSIONS, TAGS, BRANCHES, CURRENT)]
+        if k == VERSIONS:
+            n = self.state(ds, io).head.last_snapshot_id + 1
+            return _Seq(n, lambda i: (str(i), Node(VER, ds, i)))
+        if k in (TAGS, BRANCHES):
+            head = self.state(ds, io).head
+            refs, kind = (head.tags, TAG) if k == TAGS else (head.branches, BRANCH)
+            return [(n, Node(kind, ds, name=n)) for n in sorted(refs)]
+        if k == VER:
+            st = self.state(ds, io)
+            out = [("schema.json", Node(SCHEMA, ds, node.sid, gen=st.layout_gen)),
+                   ("index", Node(INDEX, ds, node.sid)), ("rows", Node(ROWS, ds, node.sid))]
+            if st.layout is not None:
+                out.append(("files", Node(FILES, ds, node.sid, gen=st.layout_gen)))
+            return out
+        if k == INDEX:
+            return [(n, Node(IXFILE, ds, node.sid, name=n)) for n in self.view(ds, node.sid, io).index_files]
+        if k == ROWS:
+            names = RowNames(self.view(ds, node.sid, io, rows=True))
+            sid = node.sid
+
+            def get(i: int) -> tuple[str, Node]:
+                name, row = names[i]
+                return name, Node(ROW, ds, sid, row)
+
+            return _Seq(len(names), get)
+        if k == ROW:
+            v = self.view(ds, node.sid, io, rows=True)
+            return [(f, Node(FIELD, ds, node.sid, node.row, f)) for f in v.fields_of(node.row)]
+        if k == FILES:
+            v = self.view(ds, node.sid, io, files=True, gen=node.gen)
+            entries = v.files.dirs.get(node.name, [])
+            base = f"{node.name}/" if node.name else ""
+            return _Seq(len(entries), lambda i: (entries[i][0], Node(FILES, ds, node.sid, name=base + entries[i][0], gen=node.gen)
+                                                 if entries[i][1] else Node(FILE, ds, node.sid, entries[i][2], base + entries[i][0], node.gen)))
+        raise NotADirectoryError(20, "Not a directory", node.name)
+
+    # -- attributes ------------------------------------------------------------
+    def attrs(self, node: Node, io: bool = True) -> Attr:
+        k = node.kind
+        if k == ROOT:
+            return Attr(DIR, 0, self.start_ns, False)
+        st = self.state(node.ds, io)
+        if k in (DS, VERSIONS, TAGS, BRANCHES):
+            return Attr(DIR, 0, st.head_ns, False)
+        if k in _LINKS:
+            return Attr(LINK, len(self.readlink(node, io)), st.head_ns, False)
+        t = self._snap_ns(st, node.sid, io)
+        if k in (VER, INDEX, ROWS, ROW, FILES):
+            if k == ROW:
+                self.view(node.ds, node.sid, io, rows=True)
+            elif k == FILES:
+                self.view(node.ds, node.sid, io, files=True, gen=node.gen)
+            return Attr(DIR, 0, t, True)
+        return Attr(REG, self.size(node, io), t, True)
+
+    def size(self, node: Node, io: bool = True) -> int:
+        k = node.kind
+        if k == SCHEMA:
+            return len(self._schema_json(node, io))
+        if k == IXFILE:
+            return self.view(node.ds, node.sid, io).index_files[node.name][1]
+        if k == FIELD:
+            return self.view(node.ds, node.sid, io, rows=True).size(node.row, node.name)
+        if k == FILE:
+            v = self.view(node.ds, node.sid, io, files=True, gen=node.gen)
+            return v.size(node.row, v.layout["content"])
+        raise IsADirectoryError(21, "Is a directory", node.name)
+
+    def readlink(self, node: Node, io: bool = True) -> str:
+        if node.kind == CURRENT:
+            return f"{BRANCHES}/{DEFAULT_BRANCH}"
+        if node.kind in (TAG, BRANCH):
+            head = self.state(node.ds, io).head
+            refs = head.tags if node.kind == TAG else head.branches
+            if node.name not in refs:
+                raise _enoent(node.name)
+            return f"../{VERSIONS}/{refs[node.name]}"
+        raise OSError(22, "Invalid argument", node.name)
+
+    def _schema_json(self, node: Node, io: bool) -> bytes:
+        return self.view(node.ds, node.sid, io, gen=node.gen).schema_json()
+
+    # -- reading ---------------------------------------------------------------
+    def read(self, node: Node, offset: int, size: int, io: bool = True) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of file ``node``."""
+        k = node.kind
+        if k == SCHEMA:
+            return self._schema_json(node, io)[offset : offset + size]
+        if k == IXFILE:
+            if not io:
+                raise NeedsIO
+            st = self.state(node.ds)
+            rel = self.view(node.ds, node.sid, io).index_files[node.name][0]
+            fd = os.open(st.storage.full_path(rel), os.O_RDONLY)
+            try:
+                return os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
+        if k == FIELD:
+            v, field_ = self.view(node.ds, node.sid, io, rows=True), node.name
+        elif k == FILE:
+            v = self.view(node.ds, node.sid, io, files=True, gen=node.gen)
+            field_ = v.layout["content"]
+        else:
+            raise IsADirectoryError(21, "Is a directory", node.name)
+        if not v.is_record(field_):
+            return v.value_bytes(node.row, field_)[offset : offset + size]
+        if not io:
+            raise NeedsIO
+        total = v.size(node.row, field_)
+        if offset >= total:
+            return b""
+        return v.read_record(self.state(node.ds).reader, node.row, field_, offset, min(size, total - offset))
+
+    # -- liveness --------------------------------------------------------------
+    def _refresh(self, name: str, st: _DsState) -> list[Invalidation]:
+        """Re-read one dataset's log head; say what the kernel must forget."""
+        with self._key_lock(("refresh", name)):
+            seq = st.storage.log.head_seq()
+            if seq == st.seq:
+                return []
+            return self._changed(name, st, seq)
+
+    def _changed(self, name: str, st: _DsState, seq: int) -> list[Invalidation]:
+        old, head = st.head, st.storage.log.entry(seq)
+        ds_node = self.root if not self.catalog else Node(DS, name)
+        out: list[Invalidation] = []
+        for kind, refs_old, refs_new in ((TAGS, old.tags, head.tags), (BRANCHES, old.branches, head.branches)):
+            d = Node(kind, name)
+            for ref in refs_old:
+                if refs_new.get(ref) != refs_old[ref]:
+                    out.append(Invalidation(d, ref))
+                    out.append(Invalidation(Node(TAG if kind == TAGS else BRANCH, name, name=ref)))
+            if refs_old != refs_new:
+                out.append(Invalidation(d))
+        if old.branches.get(DEFAULT_BRANCH) != head.branches.get(DEFAULT_BRANCH):
+            out.append(Invalidation(ds_node, CURRENT))
+        out += [Invalidation(ds_node), Invalidation(Node(VERSIONS, name))]
+        if old.settings.get("file_layout") != head.settings.get("file_layout"):
+            for sid in range(head.last_snapshot_id + 1):
+                v = Node(VER, name, sid)
+                out += [Invalidation(v, "files"), Invalidation(v, "schema.json")]
+            st.layout_gen += 1
+        st.head, st.seq = head, seq
+        return out
+
+    def poll(self) -> list[Invalidation]:
+        """Look for commits, new and removed datasets since the last poll (cheap: a few
+        ``stat`` calls per open dataset). Call it from a worker thread."""
+        out: list[Invalidation] = []
+        if self.catalog:
+            names = set(self._list_datasets())
+            for gone in self._seen - names:
+                out.append(Invalidation(self.root, gone))
+                self._states.pop(gone, None)
+            if names != self._seen:
+                out.append(Invalidation(self.root))
+            self._seen = names
+        for name, st in list(self._states.items()):
+            try:
+                out += self._refresh(name, st)
+            except (OSError, SpaceError):
+                if self.catalog:  # the dataset was deleted or moved away
+                    self._states.pop(name, None)
+                    out.append(Invalidation(self.root, name))
+        return out
+
+    def kind_of(self, node: Node) -> str:
+        return DIR if node.kind in _DIRS else LINK if node.kind in _LINKS else REG
