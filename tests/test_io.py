@@ -249,3 +249,46 @@ def test_hf_import_with_image_column_and_splits(tmp_path):
         import_hf(str(tmp_path / "hf"), str(tmp_path / "ds"), split="valid")
     with pytest.raises(UserInputError, match="save_to_disk"):
         import_hf(str(tmp_path), str(tmp_path / "ds2"), ["id"])
+
+
+def test_hf_round_trip_keeps_images_and_appends(tmp_path):
+    import datasets
+
+    from spacefs.io.huggingface import export_hf, import_hf
+
+    feats = datasets.Features({"id": datasets.Value("int64"), "text": datasets.Value("string"),
+                               "image": datasets.Image()})
+    png = _png()
+    src = datasets.Dataset.from_dict({"id": [1, 2], "text": ["a", "b"], "image": [{"bytes": png, "path": None}] * 2},
+                                     features=feats)
+    src.save_to_disk(str(tmp_path / "hf"))
+    loc = str(tmp_path / "ds")
+    import_hf(str(tmp_path / "hf"), loc, ["id"])  # Image columns become record fields by default
+    assert Dataset.load(loc).record_fields == ["image"]
+    more = datasets.Dataset.from_dict({"id": [3], "text": ["c"], "image": [{"bytes": png, "path": None}]}, features=feats)
+    more.save_to_disk(str(tmp_path / "hf2"))
+    r = import_hf(str(tmp_path / "hf2"), loc, mode="insert")
+    assert (r.snapshot_id, r.created) == (2, False)
+
+    assert export_hf(loc, str(tmp_path / "out"), version=1) == 2
+    back = datasets.load_from_disk(str(tmp_path / "out"))
+    assert isinstance(back.features["image"], datasets.Image)
+    assert sorted(back["id"]) == [1, 2] and back[0]["image"].size == (4, 4)
+    assert export_hf(loc, str(tmp_path / "all"), fields=["id", "text"]) == 3
+    assert datasets.load_from_disk(str(tmp_path / "all")).column_names == ["id", "text"]
+
+    clash = datasets.Dataset.from_dict({"id": [9], "caption": ["x"], "image": [png]})
+    clash.save_to_disk(str(tmp_path / "hf3"))
+    with pytest.raises(SchemaError, match="schema clash"):
+        import_hf(str(tmp_path / "hf3"), loc)
+    assert Dataset.load(loc).storage.head().last_snapshot_id == 2
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,22 +1,29 @@
 """HuggingFace datasets saved on disk (``save_to_disk``), in and out.
 
-Columns become fields as they are, except that a record field may be an ``Image`` or
-``Audio`` column: its ``bytes`` are stored (HF keeps them in a ``{bytes, path}`` struct).
+The conversion itself is the engine's (``spacefs.engine.hf``): columns become fields as
+they are, an ``Image`` or ``Audio`` record field stores its bytes, and the features are
+kept so an export decodes images as images again.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 
+from spacefs.engine import Dataset
 from spacefs.engine.errors import NotFoundError, SchemaError, UserInputError
+from spacefs.engine.hf import _record_bytes as record_bytes
 
 from .target import (
     ImportResult,
+    check_mode,
     counted,
     import_target,
+    is_dataset,
     open_dataset,
     output_dir,
     progress,
@@ -49,45 +56,40 @@ def load_hf(src: str, split: str | None = None):
     return loaded
 
 
-def _record_bytes(col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
-    """A record column as binary: HF Image/Audio structs give their ``bytes`` child."""
-    if pa.types.is_struct(col.type):
-        if col.type.get_field_index("bytes") < 0:
-            raise SchemaError(f"record field {name!r} is a struct without 'bytes' ({col.type})")
-        return pa.chunked_array([c.field("bytes") for c in col.chunks], col.type.field("bytes").type)
-    return col
-
-
 def hf_tables(hf_ds, record_fields: Sequence[str]) -> Iterator[pa.Table]:
+    """The rows as Arrow tables, record columns as bytes (Image/Audio structs unpacked)."""
     for t in hf_ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
-        for name in record_fields:
-            if name in t.column_names:
-                t = t.set_column(t.column_names.index(name), name, _record_bytes(t.column(name), name))
-        yield t.replace_schema_metadata(None)
+        cols = [record_bytes(t.column(n)) if n in record_fields else t.column(n) for n in t.column_names]
+        yield pa.Table.from_arrays(cols, names=t.column_names)
 
 
 def import_hf(src: str, location: str, primary_keys: Sequence[str] | None = None,
               record_fields: Sequence[str] | None = None, split: str | None = None,
               mode: str = "append") -> ImportResult:
     """Import a HuggingFace dataset saved with ``save_to_disk`` at ``src`` into the dataset
-    at ``location`` (created if absent), in one snapshot."""
+    at ``location`` in one snapshot.
+
+    A new dataset is made by ``Dataset.from_huggingface`` (features kept, so an export
+    gives images back as images); ``record_fields`` then defaults to the Image, Audio
+    and binary columns. An existing dataset takes the rows if the columns match.
+    """
     hf_ds = load_hf(src, split)
-    existing = os.path.isfile(os.path.join(str(location), "metadata", "dataset.json"))
-    records = list(open_dataset(location).record_fields if existing else (record_fields or []))
+    if not is_dataset(location):
+        if not primary_keys:
+            raise UserInputError(f"{location} is not a dataset yet: creating it needs a primary key (--primary-key)")
+        check_mode(mode)
+        ds = Dataset.from_huggingface(hf_ds, location, list(primary_keys), list(record_fields) if record_fields else None)
+        sid = ds.snapshot_id()
+        return ImportResult(ds.location, sid or None, len(hf_ds) if sid else 0, True)
+    records = open_dataset(location).record_fields
     missing = [f for f in records if f not in hf_ds.column_names]
     if missing:
-        raise SchemaError(f"record field(s) {missing} are not columns of {src} (columns: {hf_ds.column_names})")
-    schema = next(hf_tables(hf_ds.select(range(min(1, len(hf_ds)))), records), None)
-    schema = schema.schema if schema is not None else _empty_schema(hf_ds, records)
+        raise SchemaError(f"schema clash: record field(s) {missing} are not columns of {src} (columns: {hf_ds.column_names})")
+    schema = pa.schema([pa.field(f.name, pa.binary()) if f.name in records else f for f in hf_ds.features.arrow_schema])
     with import_target(location, schema, primary_keys, records, f"HuggingFace dataset {src}") as (ds, created):
         with progress(len(hf_ds), f"import {os.path.basename(ds.location)}") as bar:
             result = write_rows(ds, counted(hf_tables(hf_ds, records), bar), mode)
     return ImportResult(ds.location, result.snapshot_id, len(hf_ds) if result.snapshot_id is not None else 0, created)
-
-
-def _empty_schema(hf_ds, records: Sequence[str]) -> pa.Schema:
-    schema = hf_ds.features.arrow_schema
-    return pa.schema([pa.field(f.name, pa.binary()) if f.name in records else f for f in schema])
 
 
 def export_hf(location: str, dest: str, version: int | str | None = None,
@@ -95,7 +97,14 @@ def export_hf(location: str, dest: str, version: int | str | None = None,
     """Save a version as a HuggingFace dataset (``save_to_disk`` layout) at ``dest``,
     record bytes inline. Returns the number of rows."""
     ds = open_dataset(location)
-    hf_ds = ds.to_huggingface(version=version, fields=list(fields) if fields else None)
     with output_dir(dest) as staging:
-        hf_ds.save_to_disk(staging)
-    return len(hf_ds)
+        # Rows go through a memory-mapped Arrow file, so versions larger than RAM export too.
+        cache = tempfile.mkdtemp(prefix=".hf-cache-", dir=os.path.dirname(staging))
+        try:
+            hf_ds = ds.to_huggingface(version=version, fields=list(fields) if fields else None, cache_dir=cache)
+            hf_ds.save_to_disk(staging)
+            n = len(hf_ds)
+            del hf_ds
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+    return n
