@@ -32,6 +32,8 @@ class LocalRunner:
         self.storage = storage
         self.file_options = file_options or FileOptions()
         self.branch = branch
+        if self.file_options.sync:
+            storage.log.sync = True
 
     # -- writes ----------------------------------------------------------------
     def _write_new(self, data: Any, what: str) -> tuple[FileWriter, list[dict[str, Any]], list[pa.Table]]:

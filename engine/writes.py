@@ -75,7 +75,7 @@ class FileWriter:
             sizes = pc.binary_length(values).cast(pa.int64())
             n = len(values)
             refs = pa.StructArray.from_arrays(
-                [pa.array([rel] * n, pa.string()), pa.array(np.arange(n, dtype=np.int64)), sizes, pa.array(offsets)],
+                [_repeat(rel, n), pa.array(np.arange(n, dtype=np.int64)), sizes, pa.array(offsets)],
                 fields=list(REF_TYPE),
                 mask=pc.invert(valid) if has_nulls else None,
             )
@@ -110,6 +110,13 @@ class FileWriter:
             except FileNotFoundError:
                 pass
         self.written.clear()
+
+
+def _repeat(text: str, n: int) -> pa.Array:
+    """A string array of ``n`` copies of ``text``, built from buffers (no Python list)."""
+    raw = text.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(raw)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(raw * n)])
 
 
 def iter_tables(data: Any, schema: pa.Schema, what: str) -> Iterable[pa.Table]:
