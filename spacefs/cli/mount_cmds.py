@@ -1,0 +1,67 @@
+"""``spacefs mount``, ``spacefs umount`` and ``spacefs demo``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from spacefs.cli import main
+
+
+@main.command()
+@click.argument("source", type=click.Path(file_okay=False))
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--foreground", "-f", is_flag=True, help="Stay attached (logs on stderr); Ctrl-C unmounts.")
+@click.option("--allow-other", is_flag=True, help="Let other users read the mount and use its control socket.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Daemon log file (default: beside the socket).")
+def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, log_file: str | None) -> None:
+    """Mount a catalog (or one dataset) directory SOURCE at MOUNTPOINT, read-only.
+
+    Returns once the mount serves requests, the daemon running in the background.
+    Every version of every dataset appears as files; new commits appear within a second.
+    """
+    from spacefs.mount import launch
+
+    if foreground:
+        import logging
+        import sys
+
+        from spacefs.mount import daemon
+
+        launch.check_source(source)
+        launch.check_mountpoint(mountpoint)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+
+        def ready(msg: str) -> None:
+            if msg == "ok":
+                click.echo(f"mounted {source} at {mountpoint}; Ctrl-C or 'spacefs umount {mountpoint}' to stop", err=True)
+
+        daemon.run(source, mountpoint, allow_other=allow_other, ready=ready, log_path=None)
+        return
+    info = launch.start(source, mountpoint, allow_other=allow_other, log=log_file)
+    click.echo(f"mounted {info.source} at {info.mountpoint} (daemon pid {info.pid}, log {info.log})")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--lazy", "-z", is_flag=True, help="Detach even if files are in use (fusermount3 -z).")
+def umount(mountpoint: str, lazy: bool) -> None:
+    """Unmount a spacefs MOUNTPOINT (also a stale one left by a killed daemon)."""
+    from spacefs.mount import launch
+
+    launch.unmount(mountpoint, lazy=lazy)
+    click.echo(f"unmounted {os.path.abspath(mountpoint)}")
+
+
+@main.command()
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Build the example catalog in this directory and keep it (default: a temporary one).")
+def demo(keep: str | None) -> None:
+    """Build a small image catalog, mount it, and show ls, cp, DuckDB and a live commit."""
+    from spacefs.mount.demo import run_demo
+
+    run_demo(keep)
