@@ -14,6 +14,7 @@ from spacefs.engine import (
     TfFeatures,
     errors,
 )
+from spacefs.mount.client import connect
 from spacefs.random_access import RandomAccessDataSource
 
-__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RandomAccessDataSource", "RayOptions", "TfFeatures", "errors"]
+__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RandomAccessDataSource", "RayOptions", "TfFeatures", "connect", "errors"]
