@@ -11,14 +11,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import diff as diff_mod, reads
+from . import diff as diff_mod
+from . import reads
 from .errors import NotFoundError, SchemaError, UserInputError
 from .filters import Filter
 from .options import FileOptions
 from .records import iter_file_records
 from .storage import Plan, Storage, Version
 from .types import ChangeData, JobResult
-from .writes import FileWriter, check_unique_keys, iter_tables, plan_delete, plan_insert, plan_upsert
+from .writes import (
+    FileWriter,
+    check_unique_keys,
+    iter_tables,
+    plan_delete,
+    plan_insert,
+    plan_upsert,
+)
 
 
 class LocalRunner:

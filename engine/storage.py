@@ -18,7 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import failpoints, schema as sch
+from . import failpoints
+from . import schema as sch
 from .errors import (
     AlreadyExistsError,
     CommitConflictError,

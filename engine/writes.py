@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from . import failpoints, schema as sch
+from . import failpoints
+from . import schema as sch
 from .errors import PrimaryKeyExistsError
 from .filters import check_fields, to_expression
 from .manifest import index_entry, record_entry

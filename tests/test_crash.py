@@ -7,10 +7,11 @@ import signal
 import subprocess
 
 import pytest
-from conftest import PYTHON, rows
 
 from spacefs import Dataset
 from spacefs.engine.failpoints import POINTS
+
+from conftest import PYTHON, rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -9,9 +9,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import SCHEMA, rows
 
 from spacefs import ChangeType, Dataset, DirCatalog, errors
+
+from conftest import SCHEMA, rows
 
 
 def test_create_refuses_bad_schemas(tmp_path):

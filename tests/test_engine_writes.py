@@ -9,9 +9,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
-from conftest import SCHEMA, rows
 
 from spacefs import Dataset, JobResult, errors
+
+from conftest import SCHEMA, rows
 
 
 def _ids(ds, version=None):
