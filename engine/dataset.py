@@ -44,7 +44,7 @@ class Dataset:
     def load(cls, location: str) -> Dataset:
         storage = Storage(str(location))
         if storage.kind == "mv":
-            from .views import MaterializedView
+            from .mv import MaterializedView
 
             return MaterializedView.load(str(location))  # type: ignore[return-value]
         return cls(storage)
@@ -178,6 +178,13 @@ class Dataset:
         from .sql import query_datasets
 
         return query_datasets(query, {self.name: (self, version)})
+
+    def ray_dataset(self, version: Version = None, fields: Sequence[str] | None = None,
+                    ray_options: RayOptions | None = None):
+        """A lazy ``ray.data.Dataset`` of a version: one read task per index file row range."""
+        from .ray_source import ray_dataset
+
+        return ray_dataset(self, version, fields, ray_options)
 
     def num_rows(self, version: Version = None) -> int:
         return self._storage.snapshot(self.snapshot_id(version))["stats"]["rows"]

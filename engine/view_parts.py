@@ -1,0 +1,272 @@
+"""Parts: the picklable units of work that view reads and refreshes are cut into.
+
+A view turns a read (or the change between two versions) into parts. Calling a part
+yields Arrow tables of the view's rows; record fields the view passes through unchanged
+stay *references* until whoever consumes the rows resolves them, so record bytes are
+read once, only for rows that survive, and only for the fields asked for. The same parts
+run in this process (``LocalExecutor``) or as Ray tasks (``RayExecutor`` in
+``ray_runner``): nothing in a part depends on where it runs, and a part holds paths and
+small tables, never open handles.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+
+from .options import FileOptions
+from .records import REF_TYPE, RecordReader
+from .storage import Storage
+from .writes import FileWriter, key_mask
+
+T = TypeVar("T")
+
+# A map or filter UDF sees at most this many rows per call unless told otherwise.
+DEFAULT_UDF_ROWS = 4096
+# A refresh writes an index file (and its record files) per this many rows or bytes.
+WRITE_ROWS = 262_144
+WRITE_BYTES = 256 << 20
+
+
+class Part:
+    """A unit of work; ``rows`` is the number of rows it reads, when known."""
+
+    rows: int | None = None
+
+    def __call__(self) -> Iterator[pa.Table]:
+        raise NotImplementedError
+
+
+class Rows(Part):
+    """Rows already computed (by a join, or a lookup) on the planning side."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self.rows = table.num_rows
+
+    def __call__(self) -> Iterator[pa.Table]:
+        if self.table.num_rows:
+            yield self.table
+
+
+class FileRange(Part):
+    """Rows ``[start, start + length)`` of one index file, records as references."""
+
+    def __init__(self, location: str, path: str, schema: pa.Schema, start: int = 0,
+                 length: int | None = None, filter_: pc.Expression | None = None, rows: int | None = None):
+        self.location = location
+        self.path = path
+        self.schema = schema
+        self.start = start
+        self.length = length
+        self.filter_ = filter_
+        self.rows = rows
+
+    def __call__(self) -> Iterator[pa.Table]:
+        d = pds.dataset(os.path.join(self.location, self.path), schema=self.schema, format="parquet")
+        t = d.to_table()
+        if self.start or self.length is not None:
+            t = t.slice(self.start, self.length)
+        if self.filter_ is not None and t.num_rows:
+            t = t.filter(self.filter_)
+        if t.num_rows:
+            yield t
+
+
+class Excluding(Part):
+    """Drops the rows whose key matches ``keys``: rows a later snapshot deleted."""
+
+    def __init__(self, inner: Part, keys: pa.Table):
+        self.inner = inner
+        self.keys = keys
+        self.rows = inner.rows
+
+    def __call__(self) -> Iterator[pa.Table]:
+        for t in self.inner():
+            m = key_mask(t, self.keys)
+            if m.any():
+                t = t.filter(pa.array(~m))
+            if t.num_rows:
+                yield t
+
+
+class Applied(Part):
+    """A map or filter view applied to the rows of an inner part."""
+
+    def __init__(self, view: Any, inner: Part, batch_size: int | None):
+        self.view = view
+        self.inner = inner
+        self.batch_size = batch_size
+        self.rows = inner.rows
+
+    def __call__(self) -> Iterator[pa.Table]:
+        for t in self.inner():
+            yield from self.view.apply(t, self.batch_size)
+
+
+# -- resolving references -------------------------------------------------------
+_readers: dict[str, RecordReader] = {}
+_storages: dict[str, Storage] = {}
+_cache_lock = threading.Lock()
+
+
+def record_reader(location: str) -> RecordReader:
+    """One reader per dataset per process: it keeps file descriptors open."""
+    with _cache_lock:
+        r = _readers.get(location)
+        if r is None:
+            if len(_readers) >= 64:
+                _readers.pop(next(iter(_readers))).close()
+            r = _readers[location] = RecordReader(location)
+        return r
+
+
+def open_storage(location: str) -> Storage:
+    """A process-wide ``Storage`` per location (Ray tasks reuse it across parts)."""
+    with _cache_lock:
+        s = _storages.get(location)
+        if s is None:
+            if len(_storages) >= 64:
+                _storages.pop(next(iter(_storages)))
+            s = _storages[location] = Storage(location)
+        return s
+
+
+def resolve(table: pa.Table, roots: dict[str, str], schema: pa.Schema) -> pa.Table:
+    """Replace the reference columns named in ``roots`` (column -> dataset location)
+    by the record bytes, typed as in ``schema``."""
+    todo = [n for n in table.column_names if n in roots and table.schema.field(n).type == REF_TYPE]
+    if not todo:
+        return table
+    cols, fields = [], []
+    for name in table.column_names:
+        col = table.column(name)
+        f = table.schema.field(name)
+        if name in todo:
+            arr = record_reader(roots[name]).scan_refs(col.combine_chunks())
+            f = schema.field(name)
+            ftype = f.type
+            if isinstance(ftype, pa.ExtensionType):
+                arr = pa.ExtensionArray.from_storage(ftype, arr.cast(ftype.storage_type))
+            elif arr.type != ftype:
+                arr = arr.cast(ftype)
+            col = arr
+        cols.append(col)
+        fields.append(f)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
+
+
+def ref_schema(schema: pa.Schema, roots: dict[str, str]) -> pa.Schema:
+    """``schema`` with the fields carried as references typed as references."""
+    return pa.schema([pa.field(f.name, REF_TYPE) if f.name in roots else f for f in schema])
+
+
+def finish(part: Part, filter_: pc.Expression | None, names: list[str], roots: dict[str, str],
+           schema: pa.Schema) -> Iterator[pa.Table]:
+    """What a read does with a part: filter on index fields, project, read records."""
+    for t in part():
+        if filter_ is not None:
+            t = t.filter(filter_)
+            if not t.num_rows:
+                continue
+        yield resolve(t.select(names), roots, schema)
+
+
+def run(part: Part) -> Iterator[pa.Table]:
+    yield from part()
+
+
+def write_part(part: Part, location: str, file_options: FileOptions | None, roots: dict[str, str],
+               schema: pa.Schema) -> Iterator[tuple[list[dict[str, Any]], list[str], int, int]]:
+    """Write a part's rows into the dataset at ``location`` (records copied in).
+
+    Yields one ``(manifest entries, files written, rows written, rows read)``; on
+    failure the files this call wrote are removed before the error propagates.
+    """
+    storage = open_storage(location)
+    writer = FileWriter(storage, file_options)
+    entries: list[dict[str, Any]] = []
+    pending: list[pa.Table] = []
+    rows = nbytes = total = 0
+    try:
+        for t in part():
+            t = resolve(t, roots, schema)
+            pending.append(t)
+            rows += t.num_rows
+            nbytes += t.nbytes
+            if rows >= WRITE_ROWS or nbytes >= WRITE_BYTES:
+                entries += writer.write(pa.concat_tables(pending))
+                total += rows
+                pending, rows, nbytes = [], 0, 0
+        if pending:
+            entries += writer.write(pa.concat_tables(pending))
+            total += rows
+    except BaseException:
+        writer.cleanup()
+        raise
+    yield entries, list(writer.written), total, part.rows or 0
+
+
+def collect(ctx: Ctx, parts: Iterable[Part], schema: pa.Schema) -> pa.Table:
+    """Run ``parts`` and concatenate their rows (references unresolved)."""
+    tables = [t for t in ctx.executor.stream(run, parts) if t.num_rows]
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def unique_rows(t: pa.Table) -> pa.Table:
+    """Distinct rows of a key table, nulls dropped (a null key never matches)."""
+    if t.num_rows == 0:
+        return t
+    mask = None
+    for c in t.columns:
+        v = pc.is_valid(c)
+        mask = v if mask is None else pc.and_(mask, v)
+    t = t.filter(mask)
+    return t.group_by(t.column_names).aggregate([])
+
+
+def slices(t: pa.Table, size: int) -> Iterator[pa.Table]:
+    for start in range(0, t.num_rows, max(1, size)):
+        yield t.slice(start, size)
+
+
+def bool_mask(values: Any, n: int, what: str) -> np.ndarray:
+    from .errors import UserInputError
+
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+    mask = np.asarray(values, dtype=bool)
+    if mask.shape != (n,):
+        raise UserInputError(f"{what} returned a mask of shape {mask.shape}, expected {n} booleans")
+    return mask
+
+
+# -- executors -----------------------------------------------------------------
+class LocalExecutor:
+    """Runs parts one after another in this process (the embedded default)."""
+
+    parallelism = 1
+
+    def stream(self, fn: Callable[[Any], Iterable[T]], parts: Iterable[Any]) -> Iterator[T]:
+        for p in parts:
+            yield from fn(p)
+
+
+@dataclass
+class Ctx:
+    """How a view read or refresh runs: the executor, the UDF batch size override,
+    and how many rows one part of a dataset scan should hold (None: a whole file)."""
+
+    executor: Any = field(default_factory=LocalExecutor)
+    batch_size: int | None = None
+    part_rows: int | None = None
