@@ -6,8 +6,9 @@ No FUSE here: the mount (``spacefs.mount``) and the public API (``spacefs``) bui
 from . import errors
 from .catalog import DirCatalog
 from .dataset import Dataset
+from .mv import MaterializedView
 from .options import FileOptions, RayOptions
 from .tf_features import TfFeatures
 from .types import ChangeData, ChangeType, JobResult
 
-__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RayOptions", "TfFeatures", "errors"]
+__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "MaterializedView", "RayOptions", "TfFeatures", "errors"]

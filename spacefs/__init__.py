@@ -10,6 +10,7 @@ from spacefs.engine import (
     DirCatalog,
     FileOptions,
     JobResult,
+    MaterializedView,
     RayOptions,
     TfFeatures,
     errors,
@@ -17,4 +18,4 @@ from spacefs.engine import (
 from spacefs.mount.client import connect
 from spacefs.random_access import RandomAccessDataSource
 
-__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "RandomAccessDataSource", "RayOptions", "TfFeatures", "connect", "errors"]
+__all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "MaterializedView", "RandomAccessDataSource", "RayOptions", "TfFeatures", "connect", "errors"]
