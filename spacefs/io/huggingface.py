@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pyarrow as pa
 
@@ -92,6 +94,19 @@ def import_hf(src: str, location: str, primary_keys: Sequence[str] | None = None
     return ImportResult(ds.location, result.snapshot_id, len(hf_ds) if result.snapshot_id is not None else 0, created)
 
 
+@contextmanager
+def _hf_bars(enabled: bool) -> Iterator[None]:
+    """HuggingFace's own progress bars only on a terminal, like ours."""
+    from datasets.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
 def export_hf(location: str, dest: str, version: int | str | None = None,
               fields: Sequence[str] | None = None) -> int:
     """Save a version as a HuggingFace dataset (``save_to_disk`` layout) at ``dest``,
@@ -102,7 +117,8 @@ def export_hf(location: str, dest: str, version: int | str | None = None,
         cache = tempfile.mkdtemp(prefix=".hf-cache-", dir=os.path.dirname(staging))
         try:
             hf_ds = ds.to_huggingface(version=version, fields=list(fields) if fields else None, cache_dir=cache)
-            hf_ds.save_to_disk(staging)
+            with _hf_bars(sys.stderr.isatty()):
+                hf_ds.save_to_disk(staging)
             n = len(hf_ds)
             del hf_ds
         finally:
