@@ -54,13 +54,13 @@ class VacuumReport:
         return f"{verb} {len(self.files)} files ({self.bytes} bytes); kept {self.kept_recent} recent unreferenced files"
 
 
-def _progress(it: Iterable, total: int, desc: str) -> Iterator:
+def _progress(it: Iterable, total: int, desc: str, unit: str = "snap") -> Iterator:
     """``it`` with a tqdm bar on a terminal, plain otherwise."""
     if not sys.stderr.isatty():
         return iter(it)
     from tqdm import tqdm
 
-    return iter(tqdm(it, total=total, desc=desc, unit="snap", leave=False))
+    return iter(tqdm(it, total=total, desc=desc, unit=unit, leave=False))
 
 
 def _candidates(root: str) -> list[tuple[str, os.stat_result]]:
@@ -104,7 +104,7 @@ def referenced_files(storage: Storage, last_snapshot_id: int | None = None) -> s
             if snap.get(key):
                 refs.add(snap[key])
     refs |= manifests
-    for rel in manifests:
+    for rel in _progress(sorted(manifests), len(manifests), f"{storage.name}: manifests", "file"):
         t = storage.manifests.read(rel)
         refs.update(p for p in t.column("path").to_pylist() if p)
         for files in t.column("record_files").to_pylist():
