@@ -17,6 +17,7 @@ import struct
 from typing import Any
 
 import pyarrow as pa
+
 from spacefs.engine.errors import NotFoundError, SpaceError
 from spacefs.engine.filters import Filter
 from spacefs.engine.types import JobResult

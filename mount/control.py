@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 import trio
+
 from spacefs.engine import errors
 from spacefs.engine.catalog import DirCatalog, validate_name
 from spacefs.engine.dataset import Dataset

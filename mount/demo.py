@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import pyarrow as pa
+
 from spacefs.engine.catalog import DirCatalog
 
 from .client import connect

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import pyfuse3
 import trio
+
 from spacefs.engine.errors import NotFoundError, SpaceError
 
 from .tree import DIR, LINK, Attr, Invalidation, NeedsIO, Node, Tree

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+
 from spacefs.engine import errors
 
 MAGIC = b"SPFS"

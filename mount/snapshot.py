@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.types as pat
+
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.layout import encode_component, format_path, layout_fields
 from spacefs.engine.records import RecordReader

@@ -223,6 +223,7 @@ class Tree:
             v = self._views.get(key)
             if v is None:
                 v = SnapshotView(st.storage, sid, st.layout)
+                self._snap_ns(st, sid, True)  # its files' mtime: one less trip to a thread later
             if rows or files:
                 v.load_rows()
             if files:

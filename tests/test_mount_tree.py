@@ -1,0 +1,291 @@
+"""Tier 1: the mount tree (SPEC section 4) in plain Python, no kernel, no pyfuse3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pyarrow as pa
+import pytest
+from mount_util import LAYOUT, PYTHON, SCHEMA, image_bytes, make_catalog, rows
+
+from spacefs import Dataset, DirCatalog
+from spacefs.engine.records import RecordReader
+from spacefs.mount.snapshot import SnapshotView
+from spacefs.mount.tree import (
+    BRANCHES,
+    DS,
+    FILE,
+    FILES,
+    ROOT,
+    TAGS,
+    VER,
+    VERSIONS,
+    Invalidation,
+    NeedsIO,
+    Node,
+    Tree,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def walk(tree: Tree, path: str) -> Node:
+    node = tree.root
+    for part in [p for p in path.split("/") if p]:
+        node = tree.lookup(node, part)
+        while node.kind in ("tag", "branch", "current"):  # follow symlinks like the kernel
+            target = tree.readlink(node)
+            parent = path_parent(tree, node)
+            node = walk_from(tree, parent, target)
+    return node
+
+
+def path_parent(tree: Tree, node: Node) -> Node:
+    return Node(TAGS, node.ds) if node.kind == "tag" else Node(BRANCHES, node.ds) if node.kind == "branch" else Node(DS, node.ds)
+
+
+def walk_from(tree: Tree, start: Node, rel: str) -> Node:
+    node = start
+    for part in rel.split("/"):
+        node = Node(DS, node.ds) if part == ".." else tree.lookup(node, part)
+    return node
+
+
+def names(tree: Tree, path: str) -> list[str]:
+    return [n for n, _ in tree.children(walk(tree, path))]
+
+
+def content(tree: Tree, path: str) -> bytes:
+    node = walk(tree, path)
+    return tree.read(node, 0, tree.attrs(node).size + 10)
+
+
+@pytest.fixture
+def cat(tmp_path):
+    return make_catalog(str(tmp_path))
+
+
+def test_catalog_layout_matches_spec(cat):
+    c, ds = cat
+    t = Tree(c.location)
+    assert t.root == Node(ROOT)
+    assert names(t, "") == ["pets"]
+    assert names(t, "pets") == ["versions", "tags", "branches", "current"]
+    assert names(t, "pets/versions") == ["0", "1"]
+    assert names(t, "pets/tags") == ["v1"]
+    assert t.readlink(walk_from(t, Node(TAGS, "pets"), "v1")) == "../versions/1"
+    assert t.readlink(walk_from(t, Node(BRANCHES, "pets"), "main")) == "../versions/1"
+    assert t.readlink(t.lookup(Node(DS, "pets"), "current")) == "branches/main"
+    assert names(t, "pets/versions/1") == ["schema.json", "index", "rows", "files"]
+    assert names(t, "pets/versions/0/rows") == []
+    assert sorted(names(t, "pets/versions/1/rows"), key=int) == [str(i) for i in range(30)]
+    assert t.attrs(walk(t, "pets/versions/1")).immutable
+    assert not t.attrs(walk(t, "pets/tags")).immutable
+
+
+def test_single_dataset_root(cat):
+    _, ds = cat
+    t = Tree(ds.location)
+    assert t.root == Node(DS, "pets")
+    assert names(t, "") == ["versions", "tags", "branches", "current"]
+    assert content(t, "current/rows/3/label") == b"cat"
+
+
+def test_field_files_follow_the_spec_encoding(cat):
+    _, ds = cat
+    t = Tree(ds.location)
+    r = "versions/1/rows/5"
+    assert names(t, r) == [n for n in SCHEMA.names if n != "tags"]  # null tags: no file
+    assert content(t, f"{r}/id") == b"5\n"
+    assert content(t, f"{r}/label") == b"bird"  # strings: UTF-8, no newline
+    assert content(t, f"{r}/score") == b"1.25\n"
+    assert content(t, f"{r}/ok") == b"false\n"
+    assert content(t, f"{r}/meta") == b'{"w": 5, "src": "s5"}\n'
+    assert content(t, f"{r}/raw") == b"\x00\xffraw5"  # binary: raw
+    assert content(t, f"{r}/image") == image_bytes(5)
+    assert names(t, "versions/1/rows/6") == SCHEMA.names
+    assert content(t, "versions/1/rows/6/tags") == b'["t6", "x"]\n'
+    # a null value has no file
+    assert "tags" not in names(t, "versions/1/rows/10")
+    with pytest.raises(FileNotFoundError):
+        walk(t, "versions/1/rows/10/tags")
+
+
+def test_keys_are_percent_encoded_and_composite_keys_joined(tmp_path):
+    schema = pa.schema([("a", pa.string()), ("b", pa.int64()), ("v", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "k"), schema, ["a", "b"], ["v"])
+    keys = ["x/y", "50%", "a,b", ".hidden", "tab\there", "é ü", "..", ""]
+    ds.local().append({"a": keys, "b": list(range(len(keys))), "v": [k.encode() for k in keys]})
+    t = Tree(ds.location)
+    got = set(names(t, "versions/1/rows"))
+    assert got == {"x%2Fy,0", "50%25,1", "a%2Cb,2", "%2Ehidden,3", "tab%09here,4", "é ü,5", "%2E.,6", "%00,7"}
+    assert content(t, "versions/1/rows/x%2Fy,0/v") == b"x/y"
+    assert content(t, "versions/1/rows/a%2Cb,2/a") == b"a,b"
+
+
+def test_stat_is_exact_without_reading_records(cat, monkeypatch):
+    _, ds = cat
+
+    def boom(*a, **k):
+        raise AssertionError("a record was read")
+
+    monkeypatch.setattr(RecordReader, "read_range", boom)
+    monkeypatch.setattr(RecordReader, "read_one", boom)
+    t = Tree(ds.location)
+    for i in range(30):
+        assert t.attrs(walk(t, f"versions/1/rows/{i}/image")).size == len(image_bytes(i))
+        assert t.attrs(walk(t, f"versions/1/files/{['cat', 'dog', 'bird'][i % 3]}/img_{i:04d}.bin")).size == len(image_bytes(i))
+
+
+def test_lookup_by_name_does_not_list(cat, monkeypatch):
+    _, ds = cat
+    t = Tree(ds.location)
+    listed = []
+    orig = SnapshotView.row_name
+    monkeypatch.setattr(SnapshotView, "row_name", lambda self, i: listed.append(i) or orig(self, i))
+    node = walk(t, "versions/1/rows/17")
+    assert node.kind == "row" and listed == []
+    assert content(t, "versions/1/rows/17/id") == b"17\n"
+    assert listed == []
+
+
+def test_range_reads_of_a_large_record(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("blob", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "big"), schema, ["id"], ["blob"])
+    big = os.urandom(3 * 65536 + 12345)  # spans several 64 KiB Riegeli blocks
+    ds.local().append({"id": [1, 2], "blob": [b"small", big]})
+    t = Tree(ds.location)
+    node = walk(t, "versions/1/rows/2/blob")
+    assert t.attrs(node).size == len(big)
+    for off, n in [(0, 10), (65000, 2000), (65536 - 24, 100), (len(big) - 5, 100), (len(big), 10), (100, len(big))]:
+        assert t.read(node, off, n) == big[off : off + n]
+
+
+def test_index_files_are_byte_identical(cat):
+    _, ds = cat
+    ds.local().append(rows(range(100, 110)))
+    t = Tree(ds.location)
+    files = {os.path.basename(p): p for p in ds.index_files(2)}
+    assert sorted(names(t, "versions/2/index")) == sorted(files)
+    for name, p in files.items():
+        node = walk(t, f"versions/2/index/{name}")
+        data = open(p, "rb").read()
+        assert t.attrs(node).size == len(data)
+        assert t.read(node, 0, len(data) + 1) == data
+    assert names(t, "versions/0/index") == []
+
+
+def test_schema_json(cat):
+    _, ds = cat
+    t = Tree(ds.location)
+    doc = json.loads(content(t, "versions/1/schema.json"))
+    assert doc["primary_keys"] == ["id"] and doc["record_fields"] == ["image"]
+    assert doc["file_layout"] == LAYOUT
+    assert [f["name"] for f in doc["schema"]["fields"]] == SCHEMA.names
+
+
+def test_files_layout_tree(cat):
+    _, ds = cat
+    t = Tree(ds.location)
+    assert sorted(names(t, "versions/1/files")) == ["bird", "cat", "dog"]
+    assert sorted(names(t, "versions/1/files/cat")) == [f"img_{i:04d}.bin" for i in range(0, 30, 3)]
+    assert content(t, "versions/1/files/dog/img_0004.bin") == image_bytes(4)
+    node = walk(t, "versions/1/files/dog/img_0004.bin")
+    assert node.kind == FILE and t.attrs(node).immutable
+    # no layout: no files/
+    plain = DirCatalog(os.path.dirname(ds.location)).create_dataset("plain", SCHEMA, ["id"], ["image"])
+    plain.local().append(rows(range(3)))
+    assert "files" not in names(Tree(plain.location), "versions/1")
+
+
+def test_duplicate_layout_paths_keep_the_first_row(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"], file_layout={"path": "{label}", "content": "img"})
+    ds.local().append({"id": [1, 2, 3], "label": ["a", "a", "a/b"], "img": [b"1", b"2", b"3"]})
+    t = Tree(ds.location)
+    assert sorted(names(t, "versions/1/files")) == ["a", "a%2Fb"]
+    assert content(t, "versions/1/files/a") == b"1"
+
+
+def test_io_false_answers_from_memory_or_asks_for_a_thread(cat):
+    _, ds = cat
+    t = Tree(ds.location)
+    ver = Node(VER, "pets", 1)
+    rows_node = t.lookup(ver, "rows")
+    with pytest.raises(NeedsIO):
+        t.lookup(rows_node, "3", io=False)
+    row = t.lookup(rows_node, "3")  # loads the snapshot's key index
+    assert t.lookup(rows_node, "3", io=False) == row
+    image = t.lookup(row, "image", io=False)
+    assert t.attrs(image, io=False).size == len(image_bytes(3))
+    with pytest.raises(NeedsIO):
+        t.read(image, 0, 10, io=False)  # record bytes always come from disk
+    assert t.read(t.lookup(row, "label", io=False), 0, 100, io=False) == b"cat"
+
+
+def test_poll_reports_commits_tags_and_layout_changes(cat):
+    _, ds = cat
+    t = Tree(ds.location)
+    assert t.poll() == []
+    assert names(t, "versions") == ["0", "1"]
+    ds.local().append(rows(range(50, 53)))
+    ch = t.poll()
+    assert Invalidation(Node(BRANCHES, "pets"), "main") in ch
+    assert Invalidation(Node(DS, "pets"), "current") in ch
+    assert Invalidation(Node(VERSIONS, "pets")) in ch
+    assert names(t, "versions") == ["0", "1", "2"]
+    assert t.readlink(walk_from(t, Node(BRANCHES, "pets"), "main")) == "../versions/2"
+    assert t.poll() == []
+    ds.add_tag("v2")
+    ch = t.poll()
+    assert Invalidation(Node(TAGS, "pets")) in ch and names(t, "tags") == ["v1", "v2"]
+    ds.remove_tag("v1")
+    assert Invalidation(Node(TAGS, "pets"), "v1") in t.poll()
+    # a new layout makes new files/ nodes; the old ones are gone
+    old = walk(t, "versions/2/files/cat")
+    ds.set_file_layout({"path": "{id}.bin", "content": "image"})
+    ch = t.poll()
+    assert Invalidation(Node(VER, "pets", 1), "files") in ch
+    with pytest.raises(FileNotFoundError):
+        t.children(old)
+    assert "7.bin" in names(t, "versions/2/files")
+    assert walk(t, "versions/2/files").kind == FILES
+
+
+def test_catalog_poll_sees_new_and_deleted_datasets(cat):
+    c, _ = cat
+    t = Tree(c.location)
+    walk(t, "pets/versions/1")
+    c.create_dataset("more", SCHEMA, ["id"], ["image"])
+    ch = t.poll()
+    assert Invalidation(Node(ROOT)) in ch and names(t, "") == ["more", "pets"]
+    c.delete_dataset("pets")
+    ch = t.poll()
+    assert Invalidation(Node(ROOT), "pets") in ch
+    assert names(t, "") == ["more"]
+    with pytest.raises(FileNotFoundError):
+        t.lookup(t.root, "pets")
+
+
+def test_bad_names_are_not_found(cat):
+    c, _ = cat
+    t = Tree(c.location)
+    for path in ["nope", "..", "pets/versions/01", "pets/versions/2", "pets/versions/-1", "pets/versions/1/rows/999",
+                 "pets/versions/1/rows/1/nofield", "pets/versions/1/files/cat/x", "pets/tags/nope", ".hidden"]:
+        with pytest.raises(FileNotFoundError):
+            walk(t, path)
+    with pytest.raises(NotADirectoryError):
+        t.lookup(walk(t, "pets/versions/1/schema.json"), "x")
+
+
+def test_dependencies_point_one_way():
+    code = ("import sys, spacefs.mount.tree, spacefs.mount.snapshot, spacefs.mount.client; "
+            "bad = [m for m in ('pyfuse3', 'trio') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([PYTHON, "-c", code], check=True)
+    for name in os.listdir(os.path.join(REPO, "engine")):
+        if name.endswith(".py"):
+            src = open(os.path.join(REPO, "engine", name)).read()
+            for banned in ("import pyfuse3", "import trio", "from spacefs.mount", "import spacefs.mount"):
+                assert banned not in src, f"engine/{name} uses {banned}"
