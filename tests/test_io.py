@@ -8,6 +8,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from spacefs import Dataset
 from spacefs.engine.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -15,8 +17,6 @@ from spacefs.engine.errors import (
     SchemaError,
     UserInputError,
 )
-
-from spacefs import Dataset
 from spacefs.io import export_folder, export_parquet, import_folder, import_parquet
 
 

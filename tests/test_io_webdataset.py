@@ -8,9 +8,9 @@ import os
 import pyarrow as pa
 import pytest
 import webdataset as wds
-from spacefs.engine.errors import NotFoundError, SchemaError, UserInputError
 
 from spacefs import Dataset
+from spacefs.engine.errors import NotFoundError, SchemaError, UserInputError
 from spacefs.io import export_webdataset, import_webdataset
 
 
@@ -114,3 +114,40 @@ def test_export_composite_keys_and_dotted_keys(tmp_path):
     got = {s["__key__"]: s for s in tarfile_samples([{"url": shards[0]}])}
     assert set(got) == {"x%2Ey,1", "z,2"}
     assert got["z,2"]["a"] == b"z" and got["z,2"]["v"] == b"2" and got["z,2"]["b"] == b"2"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def test_ingest_on_ray(tmp_path, ray_local):
+    samples = write_shards(tmp_path / "shards", shards=4, per_shard=6)
+    loc = str(tmp_path / "ds")
+    r = import_webdataset(str(tmp_path / "shards"), loc, ray=True, max_parallelism=2)
+    assert (r.rows, r.snapshot_id) == (24, 1)
+    got = {row["key"]: row["jpg"] for row in Dataset.load(loc).local().read_all(fields=["key", "jpg"]).to_pylist()}
+    assert got == {k: s["jpg"] for k, s in samples.items()}
+
+    # A dataset whose cls field is an int64: text files are cast. A shard whose .cls
+    # does not convert fails inside its Ray task; the error names it, nothing commits.
+    typed = str(tmp_path / "typed")
+    Dataset.create(typed, pa.schema([("key", pa.string()), ("cls", pa.int64()), ("jpg", pa.binary())]), ["key"], ["jpg"])
+    write_shards(tmp_path / "more", shards=2, per_shard=3, exts=("jpg", "cls"))
+    r = import_webdataset(str(tmp_path / "more"), typed, ray=True)
+    assert r.snapshot_id == 1
+    assert sorted(Dataset.load(typed).local().read_all(fields=["cls"]).column("cls").to_pylist()) == [0, 0, 1, 1, 2, 2]
+    with wds.TarWriter(str(tmp_path / "more" / "shard-000002.tar"), encoder=False) as sink:
+        sink.write({"__key__": "x", "jpg": b"1", "cls": b"not a number"})
+    with pytest.raises(SchemaError, match="shard-000002.tar: the .cls files do not convert to int64"):
+        import_webdataset(str(tmp_path / "more"), typed, ray=True)
+    assert Dataset.load(typed).storage.head().last_snapshot_id == 1
+    with pytest.raises(SchemaError, match="shard-000002.tar"):
+        import_webdataset(str(tmp_path / "more"), typed)  # the same with threads

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spacefs.engine import RayOptions
 from spacefs.engine.errors import NotFoundError, SchemaError, SpaceError, UserInputError
@@ -110,11 +111,10 @@ def wds_schema(extensions: Iterable[str], text_exts: Iterable[str] = TEXT_EXTS, 
 def read_shard(path: str, schema: pa.Schema, key_field: str = "key",
                on_samples: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
     """The samples of one shard as tables of ``schema`` (a top-level function, so Ray
-    tasks can run it)."""
+    tasks can run it). Binary fields take a file's bytes; any other field its UTF-8
+    text, cast to the field's type (``cls`` files into an int64 field, say)."""
     from webdataset.tariterators import tarfile_samples
 
-    names = [n for n in schema.names if n != key_field]
-    text = {n for n in names if pa.types.is_string(schema.field(n).type)}
     cols: dict[str, list[Any]] = {n: [] for n in schema.names}
     size = 0
     try:
@@ -123,16 +123,14 @@ def read_shard(path: str, schema: pa.Schema, key_field: str = "key",
             if unknown:
                 raise SchemaError(f"schema clash: sample {sample['__key__']!r} of {path} has extensions "
                                   f"{unknown} that the dataset has no field for")
-            cols[key_field].append(sample["__key__"])
-            for n in names:
-                v = sample.get(n)
-                if v is not None:
-                    size += len(v)
-                    if n in text:
-                        v = v.decode("utf-8", "replace")
-                cols[n].append(v)
+            cols[key_field].append(sample["__key__"].encode())
+            for n in schema.names:
+                if n != key_field:
+                    v = sample.get(n)
+                    size += len(v) if v is not None else 0
+                    cols[n].append(v)
             if len(cols[key_field]) >= BATCH_SAMPLES or size >= BATCH_BYTES:
-                yield pa.table(cols, schema=schema)
+                yield _samples_table(cols, schema, path)
                 if on_samples:
                     on_samples(len(cols[key_field]))
                 cols, size = {n: [] for n in schema.names}, 0
@@ -141,9 +139,25 @@ def read_shard(path: str, schema: pa.Schema, key_field: str = "key",
     except Exception as e:  # tarfile, gzip and webdataset raise many kinds
         raise UserInputError(f"corrupt tar shard {path}: {_one_line(e)}") from None
     if cols[key_field]:
-        yield pa.table(cols, schema=schema)
+        yield _samples_table(cols, schema, path)
         if on_samples:
             on_samples(len(cols[key_field]))
+
+
+def _samples_table(cols: dict[str, list[Any]], schema: pa.Schema, path: str) -> pa.Table:
+    arrays = []
+    for field in schema:
+        t = field.type.storage_type if isinstance(field.type, pa.ExtensionType) else field.type
+        raw = pa.array(cols[field.name], pa.binary())
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            arrays.append(raw.cast(t))
+            continue
+        try:
+            text = raw.cast(pa.string())  # validates UTF-8
+            arrays.append(text if t == pa.string() else pc.utf8_trim_whitespace(text).cast(t))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise SchemaError(f"{path}: the .{field.name} files do not convert to {t}: {_one_line(e)}") from None
+    return pa.Table.from_arrays(arrays, names=schema.names)
 
 
 def rechunk_shard(path: str, schema: pa.Schema, key_field: str = "key",
@@ -172,7 +186,14 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
         with progress(total, f"import {os.path.basename(ds.location)}", unit="sample") as bar:
             if ray:
                 sources = [partial(rechunk_shard, f, ds.schema, key_field) for f in files]
-                result = ds.ray(RayOptions(max_parallelism=max_parallelism)).append_from(sources)
+                try:
+                    result = ds.ray(RayOptions(max_parallelism=max_parallelism)).append_from(sources)
+                except Exception as e:
+                    # A task's error arrives wrapped with its remote traceback: report the cause.
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, SpaceError):
+                        raise cause from None
+                    raise
                 bar.update(total)
             else:
                 sources = [partial(rechunk_shard, f, ds.schema, key_field, bar.update) for f in files]
