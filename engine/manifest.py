@@ -126,7 +126,11 @@ class ManifestStore:
         return t.filter(pc.equal(t.column("status"), ADDED))
 
     def append(self, manifests: Sequence[dict[str, Any]], delta: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-        """The manifest list after adding ``delta``, merging tails; returns (list, new files)."""
+        """The manifest list after adding ``delta``, merging tails; returns (list, new files).
+
+        A manifest merged again within the same call is deleted at once: no snapshot
+        ever references it.
+        """
         out = list(manifests) + [delta]
         created: list[str] = []
         while len(out) >= 2 and out[-1]["entries"] >= out[-2]["entries"]:
@@ -134,11 +138,22 @@ class ManifestStore:
             if len(out) == 2:  # bottom level: removals of nothing older can go
                 merged = merged.filter(pc.equal(merged.column("status"), ADDED))
             m = self.write(merged)
+            for old in out[-2:]:
+                if old["path"] in created:
+                    created.remove(old["path"])
+                    self.forget(old["path"])
             created.append(m["path"])
             out[-2:] = [m]
-            if m["entries"] == 0 and len(out) == 1:
-                break
         return out, created
+
+    def forget(self, rel: str) -> None:
+        """Remove a manifest this process wrote and nothing references."""
+        with self._lock:
+            self._cache.pop(rel, None)
+        try:
+            os.unlink(os.path.join(self.root, rel))
+        except FileNotFoundError:
+            pass
 
 
 def cancel(t: pa.Table) -> pa.Table:

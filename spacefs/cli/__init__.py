@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from spacefs.engine.errors import NotFoundError, SpaceError, UserInputError
+from spacefs.engine.errors import AlreadyExistsError, NotFoundError, SpaceError, UserInputError
 
 EXIT_USER = 2
 EXIT_NOT_FOUND = 3
@@ -20,13 +20,31 @@ EXIT_ERROR = 1
 class SpaceGroup(click.Group):
     """Maps spacefs errors to one clear line and an exit code."""
 
+    def main(self, *args, **kwargs):
+        # Usage mistakes caught by click are user errors too: one line, no usage dump.
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e))
+            sys.exit(EXIT_USER)
+        except click.ClickException as e:
+            hint = ""
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                hint = f" (see '{ctx.command_path} --help')"
+            click.echo(f"spacefs: error: {e.format_message()}{hint}", err=True)
+            sys.exit(EXIT_USER if e.exit_code == 2 else e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("spacefs: aborted", err=True)
+            sys.exit(EXIT_ERROR)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except NotFoundError as e:
             click.echo(f"spacefs: error: {e}", err=True)
             sys.exit(EXIT_NOT_FOUND)
-        except (UserInputError, FileExistsError) as e:
+        except (UserInputError, AlreadyExistsError, FileExistsError) as e:
             click.echo(f"spacefs: error: {e}", err=True)
             sys.exit(EXIT_USER)
         except SpaceError as e:
