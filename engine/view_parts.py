@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
+from .errors import NotFoundError, UserInputError
 from .options import FileOptions
 from .records import REF_TYPE, RecordReader
 from .storage import Storage
@@ -114,7 +115,7 @@ class Applied(Part):
 
 # -- resolving references -------------------------------------------------------
 _readers: dict[str, RecordReader] = {}
-_storages: dict[str, Storage] = {}
+_storages: dict[str, tuple[tuple[int, int], Storage]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -130,14 +131,26 @@ def record_reader(location: str) -> RecordReader:
 
 
 def open_storage(location: str) -> Storage:
-    """A process-wide ``Storage`` per location (Ray tasks reuse it across parts)."""
+    """A process-wide ``Storage`` per location (Ray tasks reuse it across parts).
+
+    Checked with one ``stat`` of ``dataset.json``: a dataset removed or re-created at
+    the same path is never served from the cache.
+    """
+    try:
+        st = os.stat(os.path.join(location, "metadata", "dataset.json"))
+    except FileNotFoundError:
+        raise NotFoundError(f"no spacefs dataset at {location}") from None
+    stamp = (st.st_ino, st.st_mtime_ns)
     with _cache_lock:
-        s = _storages.get(location)
-        if s is None:
-            if len(_storages) >= 64:
-                _storages.pop(next(iter(_storages)))
-            s = _storages[location] = Storage(location)
-        return s
+        hit = _storages.get(location)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    s = Storage(location)
+    with _cache_lock:
+        if len(_storages) >= 64:
+            _storages.pop(next(iter(_storages)))
+        _storages[location] = (stamp, s)
+    return s
 
 
 def resolve(table: pa.Table, roots: dict[str, str], schema: pa.Schema) -> pa.Table:
@@ -241,8 +254,6 @@ def slices(t: pa.Table, size: int) -> Iterator[pa.Table]:
 
 
 def bool_mask(values: Any, n: int, what: str) -> np.ndarray:
-    from .errors import UserInputError
-
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         values = pc.fill_null(values, False).to_numpy(zero_copy_only=False)
     mask = np.asarray(values, dtype=bool)

@@ -302,7 +302,7 @@ class MapView(_RowWise):
     ``fn`` receives ``input_fields`` (default all; primary keys always) with record
     fields as bytes, and returns a dict of lists/arrays, a ``pa.Table`` or a pandas
     DataFrame with the fields of ``output_schema``; output fields it leaves out are
-    taken from the input when it returns as many rows as it got. It may drop rows, but
+    taken from the source row when it returns as many rows as it got. It may drop rows, but
     must keep each kept row's primary key.
     """
 
@@ -337,11 +337,11 @@ class MapView(_RowWise):
         size = batch_size or self.batch_size or DEFAULT_UDF_ROWS
         for chunk in slices(table, size):
             inputs = self._inputs(chunk)
-            t = self._conform(self.fn(inputs.to_pydict()), inputs)
+            t = self._conform(self.fn(inputs.to_pydict()), inputs, chunk)
             if t.num_rows:
                 yield t
 
-    def _conform(self, out: Any, inputs: pa.Table) -> pa.Table:
+    def _conform(self, out: Any, inputs: pa.Table, chunk: pa.Table) -> pa.Table:
         if out is None:
             raise SchemaError(f"{self._what} returned None; return the output batch")
         if isinstance(out, pa.RecordBatch):
@@ -357,9 +357,11 @@ class MapView(_RowWise):
         else:
             raise SchemaError(f"{self._what} returned {type(out).__name__}; expected a dict of lists, a pyarrow Table or a DataFrame")
         if n == inputs.num_rows:
-            for name in self.schema.names:
-                if name not in cols and name in inputs.column_names:
-                    cols[name] = inputs.column(name)
+            missing = [m for m in self.schema.names if m not in cols and m in chunk.column_names]
+            unseen = [m for m in missing if m not in inputs.column_names]
+            passed = resolve(chunk.select(unseen), self.source.ref_roots, self.source.schema)
+            for name in missing:
+                cols[name] = passed.column(name) if name in unseen else inputs.column(name)
         return sch.to_table({k: v for k, v in cols.items() if k in self.schema.names}, self.schema, self._what)
 
     def _lookup(self, ctx: Ctx, versions: Versions, keys: pa.Table) -> pa.Table:
@@ -520,3 +522,12 @@ class JoinView(View):
 
     def __repr__(self) -> str:
         return f"JoinView({self.left!r}, {self.right!r}, keys={self.keys})"
+
+
+def __getattr__(name: str) -> Any:
+    # ``MaterializedView`` lives in mv.py (it builds on Dataset); reachable here too.
+    if name == "MaterializedView":
+        from .mv import MaterializedView
+
+        return MaterializedView
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
