@@ -286,7 +286,7 @@ async def _refresh(srv: ControlServer, args: dict[str, Any], payload: bytes) -> 
     def run() -> JobResult:
         path = srv.path(name)
         try:
-            from spacefs.engine.views import MaterializedView
+            from spacefs.engine.mv import MaterializedView
         except ImportError:
             raise proto.ControlError("materialized views are not available in this build of spacefs") from None
         return MaterializedView.load(path).local().refresh(version)
