@@ -126,6 +126,7 @@ class ControlServer:
                     log.warning("refused a control connection from uid %d", uid)
                     await self._send(stream, proto.error_header(
                         PermissionError(errno.EACCES, "only the mounting user and root may use this socket")))
+                    await self._linger(stream)
                     return
                 try:
                     while True:
@@ -137,8 +138,24 @@ class ControlServer:
                 except proto.ProtocolError as e:
                     log.info("control connection closed: %s", e)
                     await self._send(stream, proto.error_header(e))
+                    await self._linger(stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
                     return
+
+    async def _linger(self, stream: trio.SocketStream) -> None:
+        """Close after an error reply without losing it: closing with unread input would
+        reset the connection and drop the reply, so discard input briefly first."""
+        with trio.move_on_after(1.0):
+            try:
+                await stream.send_eof()
+                seen = 0
+                while seen < (16 << 20):
+                    chunk = await stream.receive_some(1 << 16)
+                    if not chunk:
+                        break
+                    seen += len(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def _send(self, stream: trio.SocketStream, header: dict[str, Any], payload: bytes = b"") -> None:
         try:
@@ -167,13 +184,19 @@ class ControlServer:
             await self._read_exact(stream, hlen, head)
             payload = bytearray()
             await self._read_exact(stream, plen, payload)
-        return proto.Frame(proto.parse_header(bytes(head)), bytes(payload))
+        try:
+            header = proto.parse_header(bytes(head))
+        except proto.ProtocolError as e:  # the frame was whole: answer, keep the connection
+            return proto.Frame({}, b"", str(e))
+        return proto.Frame(header, bytes(payload))
 
     async def _dispatch(self, frame: proto.Frame) -> tuple[dict[str, Any], bytes]:
         name = frame.header.get("op")
         args = frame.header.get("args", {})
         handler = OPS.get(name) if isinstance(name, str) else None
         try:
+            if frame.error is not None:
+                raise proto.ProtocolError(frame.error)
             if handler is None:
                 raise errors.UserInputError(f"unknown operation {name!r} (known: {sorted(OPS)})")
             if not isinstance(args, dict):

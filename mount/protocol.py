@@ -39,6 +39,7 @@ class ControlError(errors.SpaceError):
 class Frame:
     header: dict[str, Any]
     payload: bytes = b""
+    error: str | None = None  # a whole frame whose header did not parse
 
 
 def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
