@@ -48,6 +48,29 @@ def test_huggingface_in_out(tmp_path):
     assert os.path.isdir(tmp_path / "hf_cli")
 
 
+def test_embedding_index(tmp_path):
+    out = run_example("embedding_index.py", tmp_path)
+    assert "initial index: +8 -0 from the MV's diff" in out
+    assert "index updated from the MV's diff: +2 -2" in out
+    assert "'my kitten is napping in the sun' -> 2 A tabby cat" in out
+
+
+def test_segment_anything(tmp_path):
+    out = run_example("segment_anything.py", tmp_path)
+    assert "MV refreshed on Ray: 4 masks" in out
+    assert "masks read through the mount match the drawn disks: [1, 2, 3, 4]" in out
+    assert "refresh after 2 new images: +2 rows" in out
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_webdataset_ray(tmp_path):
+    out = run_example("webdataset_ray.py", tmp_path)
+    assert "imported 320 rows into new dataset samples (snapshot 1)" in out
+    assert "snapshot 2, +160 rows" in out
+    assert "ds.ray_dataset().count(): 480" in out
+    assert "exported 5 shards with 480 samples" in out
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".py") and not f.startswith("_")))
 def test_every_example_is_tested_and_documented(name):
     """A new example needs a test here and a section in scripts/examples/README.md."""
