@@ -6,13 +6,11 @@ expression, so both forms prune files by manifest statistics and run in Arrow.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
-import sqlglot
-from sqlglot import expressions as sx
 
 from .errors import FilterError
 
@@ -30,6 +28,7 @@ def to_expression(filter_: Filter) -> pc.Expression | None:
 
 
 def parse_sql(text: str) -> pc.Expression:
+    import sqlglot  # lazy: only SQL filters need it
     try:
         tree = sqlglot.parse_one(text, read="duckdb")
     except sqlglot.errors.ParseError as e:
@@ -43,21 +42,27 @@ def parse_sql(text: str) -> pc.Expression:
     return out
 
 
-_CMP = {
-    sx.EQ: lambda a, b: a == b,
-    sx.NEQ: lambda a, b: a != b,
-    sx.LT: lambda a, b: a < b,
-    sx.LTE: lambda a, b: a <= b,
-    sx.GT: lambda a, b: a > b,
-    sx.GTE: lambda a, b: a >= b,
-    sx.Add: lambda a, b: a + b,
-    sx.Sub: lambda a, b: a - b,
-    sx.Mul: lambda a, b: a * b,
-    sx.Div: lambda a, b: a / b,
-}
+@functools.cache
+def _cmp_table() -> dict:
+    from sqlglot import expressions as sx
+
+    return {
+        sx.EQ: lambda a, b: a == b,
+        sx.NEQ: lambda a, b: a != b,
+        sx.LT: lambda a, b: a < b,
+        sx.LTE: lambda a, b: a <= b,
+        sx.GT: lambda a, b: a > b,
+        sx.GTE: lambda a, b: a >= b,
+        sx.Add: lambda a, b: a + b,
+        sx.Sub: lambda a, b: a - b,
+        sx.Mul: lambda a, b: a * b,
+        sx.Div: lambda a, b: a / b,
+    }
 
 
-def _convert(node: sx.Expression) -> Any:
+def _convert(node: Any) -> Any:
+    from sqlglot import expressions as sx
+
     if isinstance(node, sx.Paren):
         return _convert(node.this)
     if isinstance(node, sx.Column):
@@ -81,7 +86,7 @@ def _convert(node: sx.Expression) -> Any:
         return _convert(node.this) | _convert(node.expression)
     if isinstance(node, sx.Not):
         return ~_convert(node.this)
-    for cls, fn in _CMP.items():
+    for cls, fn in _cmp_table().items():
         if isinstance(node, cls):
             a, b = _convert(node.this), _convert(node.expression)
             if not isinstance(a, pc.Expression):
@@ -111,6 +116,8 @@ def referenced_fields(expr: pc.Expression, names: list[str]) -> list[str]:
 
 def check_fields(expr: pc.Expression, index_names: list[str], record_fields: list[str], where: str) -> None:
     """Reject filters on record fields or unknown fields with a message naming them."""
+    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
+
     rec = [f for f in record_fields if f in str(expr)]
     if rec and not any(n in str(expr) for n in index_names if n not in rec):
         raise FilterError(f"{where}: filters can only use index fields, not record field(s) {rec}")

@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 
 from .errors import SchemaError, UserInputError
 from .filters import Filter, check_fields, to_expression
@@ -37,6 +36,8 @@ def read(storage: Storage, version=None, filter_: Filter = None, fields: Sequenc
 
     Arguments are checked now; files are read as the iterator is consumed.
     """
+    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
+
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
         raise UserInputError(f"batch_size must be a positive integer, got {batch_size!r}")
     sid = storage.resolve(version, branch)
@@ -126,5 +127,7 @@ def read_all(storage: Storage, **kwargs) -> pa.Table:
 
 
 def read_index_file(storage: Storage, rel: str, reference_read: bool, reader: RecordReader) -> pa.Table:
+    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
+
     t = pds.dataset(storage.full_path(rel), schema=storage.index_schema, format="parquet").to_table()
     return t if reference_read else resolve_records(storage, t, reader)

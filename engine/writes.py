@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from . import failpoints
@@ -168,6 +167,8 @@ def key_mask(file_keys: pa.Table, keys: pa.Table) -> np.ndarray:
 
 
 def expr_mask(table: pa.Table, expr: pc.Expression) -> np.ndarray:
+    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
+
     col = pds.dataset(table).to_table(columns={"m": expr}).column("m")
     return pc.fill_null(col, False).to_numpy(zero_copy_only=False)
 
