@@ -292,3 +292,15 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (4, 4), (200, 10, 10)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_folder_import_shows_the_same_tree_in_the_mount(tmp_path):
+    from mount_util import mounted
+
+    src = tmp_path / "imgs"
+    tree = make_tree(src, classes=("cat", "dog", "bird"), per_class=3)
+    import_folder(str(src), str(tmp_path / "catalog" / "pets"))
+    with mounted(str(tmp_path / "catalog"), str(tmp_path / "mnt")):
+        files = tmp_path / "mnt" / "pets" / "current" / "files"
+        assert read_tree(files) == tree
+        assert sorted(os.listdir(files)) == ["bird", "cat", "dog"]

@@ -3,9 +3,13 @@ codes, and one clear error line for bad input."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,3 +74,51 @@ def test_cli_bad_input_gets_one_line(tmp_path):
     assert_one_line_error(spacefs("export", "parquet", tmp_path / "ds", tmp_path / "o", "--version", "9"),
                           "snapshot 9")
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_cli_webdataset_and_hf_round_trips(tmp_path):
+    import datasets
+    import webdataset as wds
+
+    os.makedirs(tmp_path / "shards")
+    with wds.TarWriter(str(tmp_path / "shards" / "a.tar"), encoder=False) as sink:
+        for i in range(5):
+            sink.write({"__key__": f"k{i}", "png": bytes([i]) * 10, "cls": str(i % 2).encode()})
+    p = spacefs("import", "webdataset", tmp_path / "shards", tmp_path / "w")
+    assert p.returncode == 0 and "imported 5 rows" in p.stdout, p.stderr
+    p = spacefs("export", "webdataset", tmp_path / "w", tmp_path / "wout", "--samples-per-shard", "2")
+    assert p.returncode == 0 and "exported 3 shard(s)" in p.stdout, p.stderr
+
+    hf = datasets.Dataset.from_dict({"id": [1, 2], "text": ["a", "b"], "blob": [b"x", b"y"]})
+    hf.save_to_disk(str(tmp_path / "hf"))
+    p = spacefs("import", "hf", tmp_path / "hf", tmp_path / "h", "-k", "id")
+    assert p.returncode == 0 and "imported 2 rows" in p.stdout, p.stderr
+    assert Dataset.load(str(tmp_path / "h")).record_fields == ["blob"]
+    p = spacefs("export", "hf", tmp_path / "h", tmp_path / "hout")
+    assert p.returncode == 0, p.stderr
+    assert sorted(datasets.load_from_disk(str(tmp_path / "hout"))["blob"]) == [b"x", b"y"]
+
+
+def test_cli_progress_bar_on_a_terminal(tmp_path):
+    pq.write_table(pa.table({"id": list(range(1000)), "v": [b"x"] * 1000}), tmp_path / "in.parquet")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "spacefs.cli", "import", "parquet", str(tmp_path / "in.parquet"),
+                              str(tmp_path / "ds"), "-k", "id"], stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert p.wait(timeout=60) == 0, out
+    finally:
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert "import ds:" in text and "/1.00k [" in text, text  # the bar, cleared when done
+    assert "imported 1000 rows" in text
