@@ -97,6 +97,8 @@ def test_parquet_schema_clash_changes_nothing(tmp_path):
     pq.write_table(bad, tmp_path / "c.parquet")
     with pytest.raises(SchemaError, match="'id'"):
         import_parquet(str(tmp_path / "c.parquet"), loc)
+    with pytest.raises(SchemaError, match="primary key \\['id'\\], not \\['label'\\]"):
+        import_parquet(str(tmp_path / "a.parquet"), loc, primary_keys=["label"])
     assert last_snapshot(loc) == 1 and files_of(loc) == before
 
 

@@ -92,6 +92,10 @@ def import_target(location: str, schema: pa.Schema, primary_keys: Sequence[str] 
     if is_dataset(location):
         ds = Dataset.load(location)
         check_fields(ds, schema, source)
+        if primary_keys and list(primary_keys) != ds.primary_keys:
+            raise SchemaError(f"schema clash: dataset {location} has primary key {ds.primary_keys}, not {list(primary_keys)}")
+        if record_fields and sorted(record_fields) != sorted(ds.record_fields):
+            raise SchemaError(f"schema clash: dataset {location} has record fields {ds.record_fields}, not {list(record_fields)}")
         yield ds, False
         return
     if not primary_keys:
