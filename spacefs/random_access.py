@@ -162,15 +162,16 @@ class RandomAccessDataSource:
                               "fields of several datasets are lined up by the same primary keys")
         cols = list(dict.fromkeys(ds.primary_keys + fields))
         t = ds.local().read_all(fields=cols, version=sid, reference_read=True)
-        t = t.append_column("_spacefs_hit", pa.array(np.ones(t.num_rows, dtype=bool)))
-        order = base.append_column("_spacefs_row", pa.array(np.arange(base.num_rows)))
-        joined = order.join(t, self._keys, join_type="left outer").sort_by("_spacefs_row")
-        missing = joined.column("_spacefs_hit").null_count
-        if joined.num_rows != base.num_rows or missing:
+        # Arrow joins only carry flat columns: join row numbers on the keys, then take.
+        right = t.select(self._keys).append_column("_spacefs_pos", pa.array(np.arange(t.num_rows)))
+        left = base.append_column("_spacefs_row", pa.array(np.arange(base.num_rows)))
+        joined = left.join(right, self._keys, join_type="left outer").sort_by("_spacefs_row")
+        pos = joined.column("_spacefs_pos")
+        if joined.num_rows != base.num_rows or pos.null_count:
             raise SchemaError(f"{ds.name}: at snapshot {sid} its keys do not match the first dataset's "
-                              f"({missing} missing, {t.num_rows} rows against {base.num_rows}); fields of "
+                              f"({pos.null_count} missing, {t.num_rows} rows against {base.num_rows}); fields of "
                               "several datasets are lined up by primary key")
-        return joined
+        return t.take(pos)
 
     # -- sizes and versions ----------------------------------------------------
     def __len__(self) -> int:
