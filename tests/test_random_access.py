@@ -182,3 +182,18 @@ def test_grain_workers(ds):
                               num_epochs=1, seed=3)
     loader = gp.DataLoader(data_source=src, sampler=sampler, worker_count=2)
     assert sorted(loader) == want
+
+
+def upper(batch):
+    batch["blob"] = [b.upper() if b is not None else None for b in batch["blob"]]
+    return batch
+
+
+def test_materialized_view_source(ds, tmp_path):
+    view = ds.map_batches(upper, SCHEMA, output_record_fields=["blob"])
+    mv = view.materialize(str(tmp_path / "mv"))
+    mv.local().refresh()
+    want = {r["id"]: r["blob"].upper() for r in expected(ds).to_pylist()}
+    for source in (mv, mv.location, mv.dataset):
+        src = RandomAccessDataSource({"id": source, "blob": source})
+        assert {r["id"]: r["blob"] for r in src.__getitems__(range(len(src)))} == want
