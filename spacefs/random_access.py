@@ -73,13 +73,12 @@ def _refs_of(column: pa.ChunkedArray | pa.Array) -> _Refs:
 
 
 class _Group:
-    """The fields read from one dataset, and how to read their records."""
+    """One dataset read from: its pinned snapshot and a record reader per process."""
 
-    def __init__(self, ds: Dataset, fields: list[str], version: Version):
+    def __init__(self, ds: Dataset, version: Version):
         self.location = ds.location
         self.name = ds.name
         self.snapshot_id = ds.snapshot_id(version)
-        self.fields = fields
         self.reader: RecordReader | None = None
         self.reader_pid = -1
 
@@ -125,31 +124,33 @@ class RandomAccessDataSource:
             if field not in ds.schema.names:
                 raise SchemaError(f"{ds.name}: no field {field!r} (fields: {ds.schema.names})")
             groups.setdefault(ds.location, (ds, []))[1].append(field)
-        self._groups = [_Group(ds, fields, version) for ds, fields in groups.values()]
-        self._types: dict[str, pa.DataType] = {}
+        self._types = {f: ds.schema.field(f).type for ds, fs in groups.values() for f in fs}
+        if self.deserialize:
+            plain = [f for ds, fs in groups.values() for f in fs
+                     if f in ds.record_fields and not hasattr(self._types[f], "deserialize")]
+            if plain:
+                raise UserInputError(
+                    f"deserialize=True needs record fields with a serializer (TfFeatures); "
+                    f"{plain} are plain binary: pass deserialize=False to get their bytes"
+                )
+        # Pin every version first, so a bad version fails before anything is read.
+        self._groups = [_Group(ds, version) for ds, _ in groups.values()]
         self._refs: dict[str, tuple[_Group, _Refs]] = {}
         self._values: dict[str, pa.Array] = {}
+        self._keys: list[str] = []
+        self._len = 0
         base: pa.Table | None = None
-        for ds, fields in groups.values():
-            group = next(g for g in self._groups if g.location == ds.location)
+        for (ds, fields), group in zip(groups.values(), self._groups, strict=True):
             t = self._read_group(ds, fields, group.snapshot_id, base)
             if base is None:
                 base = t.select(ds.primary_keys) if len(groups) > 1 else t.select([])
                 self._keys = ds.primary_keys
                 self._len = t.num_rows
             for f in fields:
-                self._types[f] = ds.schema.field(f).type
                 if f in ds.record_fields:
                     self._refs[f] = (group, _refs_of(t.column(f)))
                 else:
                     self._values[f] = t.column(f).combine_chunks()
-        if self.deserialize:
-            plain = [f for f in self._refs if not hasattr(self._types[f], "deserialize")]
-            if plain:
-                raise UserInputError(
-                    f"deserialize=True needs record fields with a serializer (TfFeatures); "
-                    f"{plain} are plain binary: pass deserialize=False to get their bytes"
-                )
 
     def _read_group(self, ds: Dataset, fields: list[str], sid: int, base: pa.Table | None) -> pa.Table:
         """The fields' index columns (references for record fields) of snapshot ``sid``,
