@@ -315,3 +315,32 @@ def test_cli_refresh(cat):
     assert res.exit_code == 2 and "is a dataset, not a materialized view" in res.output
     res = runner.invoke(cli, ["refresh", mv.location, "--version", "nope"])
     assert res.exit_code == 3 and "nope" in res.output and "Traceback" not in res.output
+
+
+def test_cli_refresh_shows_progress_on_a_terminal(cat):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    src = cat.dataset("src")
+    mv = cat.materialize("mv", src.map_batches(shout, SCHEMA, output_record_fields=["blob"]))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real-sized terminal
+    p = subprocess.Popen([sys.executable, "-m", "spacefs.cli", "refresh", mv.location],
+                         stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        out.extend(data)
+    os.close(master)
+    assert p.wait(timeout=60) == 0, out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    assert "refresh mv" in text and "rows/s" in text  # the progress bar, drawn on the terminal
+    assert "mv: snapshot 1 (+100 rows)" in text
