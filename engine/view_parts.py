@@ -35,6 +35,8 @@ DEFAULT_UDF_ROWS = 4096
 # A refresh writes an index file (and its record files) per this many rows or bytes.
 WRITE_ROWS = 262_144
 WRITE_BYTES = 256 << 20
+# Records are resolved (read into memory) this many bytes at a time.
+RESOLVE_BYTES = 64 << 20
 
 
 class Part:
@@ -182,6 +184,29 @@ def ref_schema(schema: pa.Schema, roots: dict[str, str]) -> pa.Schema:
     return pa.schema([pa.field(f.name, REF_TYPE) if f.name in roots else f for f in schema])
 
 
+def bounded(t: pa.Table, roots: dict[str, str], limit: int = RESOLVE_BYTES) -> Iterator[pa.Table]:
+    """``t`` in slices whose referenced records add up to about ``limit`` bytes, so
+    resolving them keeps memory flat however many rows a part holds."""
+    refs = [n for n in t.column_names if n in roots and t.schema.field(n).type == REF_TYPE]
+    if not refs or t.num_rows <= 1:
+        yield t
+        return
+    sizes = np.zeros(t.num_rows, dtype=np.int64)
+    for n in refs:
+        sizes += pc.fill_null(t.column(n).combine_chunks().field("size"), 0).to_numpy(zero_copy_only=False)
+    cum = np.cumsum(sizes)
+    if cum[-1] <= limit:
+        yield t
+        return
+    cuts = np.searchsorted(cum, np.arange(limit, int(cum[-1]), limit), side="right")
+    start = 0
+    for c in [*cuts.tolist(), t.num_rows]:
+        c = max(int(c), start + 1)
+        if start < t.num_rows and c > start:
+            yield t.slice(start, c - start)
+        start = c
+
+
 def finish(part: Part, filter_: pc.Expression | None, names: list[str], roots: dict[str, str],
            schema: pa.Schema) -> Iterator[pa.Table]:
     """What a read does with a part: filter on index fields, project, read records."""
@@ -190,7 +215,8 @@ def finish(part: Part, filter_: pc.Expression | None, names: list[str], roots: d
             t = t.filter(filter_)
             if not t.num_rows:
                 continue
-        yield resolve(t.select(names), roots, schema)
+        for piece in bounded(t.select(names), roots):
+            yield resolve(piece, roots, schema)
 
 
 def run(part: Part) -> Iterator[pa.Table]:
@@ -210,15 +236,16 @@ def write_part(part: Part, location: str, file_options: FileOptions | None, root
     pending: list[pa.Table] = []
     rows = nbytes = total = 0
     try:
-        for t in part():
-            t = resolve(t, roots, schema)
-            pending.append(t)
-            rows += t.num_rows
-            nbytes += t.nbytes
-            if rows >= WRITE_ROWS or nbytes >= WRITE_BYTES:
-                entries += writer.write(pa.concat_tables(pending))
-                total += rows
-                pending, rows, nbytes = [], 0, 0
+        for piece in part():
+            for t in bounded(piece, roots):
+                t = resolve(t, roots, schema)
+                pending.append(t)
+                rows += t.num_rows
+                nbytes += t.nbytes
+                if rows >= WRITE_ROWS or nbytes >= WRITE_BYTES:
+                    entries += writer.write(pa.concat_tables(pending))
+                    total += rows
+                    pending, rows, nbytes = [], 0, 0
         if pending:
             entries += writer.write(pa.concat_tables(pending))
             total += rows

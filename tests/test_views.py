@@ -205,3 +205,14 @@ def test_bad_view_definitions_name_the_problem(src, labels):
     with pytest.raises(errors.UserInputError, match="mask"):
         src.filter_batches(lambda b: [True]).local().read_all()
     assert os.path.isdir(src.location)
+
+
+def test_records_are_resolved_in_bounded_slices(src):
+    from spacefs.engine.view_parts import bounded
+
+    refs = src.local().read_all(reference_read=True)
+    roots = {"blob": src.location}
+    pieces = list(bounded(refs, roots, limit=10))  # records of 2-3 bytes: a few rows per slice
+    assert len(pieces) >= 4 and max(p.num_rows for p in pieces) <= 5  # 50 bytes in all
+    assert pa.concat_tables(pieces).equals(refs)
+    assert list(bounded(refs, {}, limit=10)) == [refs]  # nothing to resolve: one piece
