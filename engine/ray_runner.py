@@ -52,7 +52,7 @@ def ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        ray.init(ignore_reinit_error=True, include_dashboard=False)
 
 
 _remote_run = None

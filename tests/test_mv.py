@@ -344,3 +344,18 @@ def test_cli_refresh_shows_progress_on_a_terminal(cat):
     text = out.decode(errors="replace")
     assert "refresh mv" in text and "rows/s" in text  # the progress bar, drawn on the terminal
     assert "mv: snapshot 1 (+100 rows)" in text
+
+
+def test_mv_of_an_mv(cat):
+    src = cat.dataset("src")
+    first = cat.materialize("first", src.map_batches(shout, SCHEMA, output_record_fields=["blob"]))
+    second = cat.materialize("second", first.filter(lambda r: r["blob"].endswith(b"7"), input_fields=["blob"]))
+    first.local().refresh()
+    second.local().refresh()
+    assert sorted(second.local().read_all().column("id").to_pylist()) == [i for i in range(100) if i % 10 == 7]
+    src.local().upsert(rows([17, 18], tag="7"))  # 17 stays, 18 now ends in 7
+    assert second.local().refresh().state == SKIPPED  # its source (the first MV) did not move yet
+    first.local().refresh()
+    assert second.local().refresh().state == SUCCEEDED
+    same(second)
+    assert 18 in second.local().read_all().column("id").to_pylist()
