@@ -30,6 +30,7 @@ from spacefs.engine.log import Entry
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
 
+from .recread import RecordFiles
 from .snapshot import RowNames, SnapshotView
 
 # Node kinds.
@@ -83,6 +84,7 @@ class _DsState:
     head: Entry
     seq: int
     reader: RecordReader
+    files: RecordFiles
     layout_gen: int = 0
     snap_ns: dict[int, int] = field(default_factory=dict)
 
@@ -193,7 +195,7 @@ class Tree:
                 except SpaceError:
                     raise _enoent(name) from None
                 head = storage.head()
-                st = _DsState(storage, head, head.seq, RecordReader(storage.location))
+                st = _DsState(storage, head, head.seq, RecordReader(storage.location), RecordFiles(storage.location))
                 self._states[name] = st
                 self._seen.add(name)
         return st
@@ -414,12 +416,14 @@ class Tree:
             raise IsADirectoryError(21, "Is a directory", node.name)
         if not v.is_record(field_):
             return v.value_bytes(node.row, field_)[offset : offset + size]
-        if not io:
-            raise NeedsIO
         total = v.size(node.row, field_)
         if offset >= total:
             return b""
-        return v.read_record(self.state(node.ds).reader, node.row, field_, offset, min(size, total - offset))
+        st = self.state(node.ds, io)
+        data = v.read_record(st.files, st.reader, node.row, field_, offset, min(size, total - offset), io)
+        if data is None:
+            raise NeedsIO  # not in the page cache: read it in a worker thread
+        return data
 
     # -- liveness --------------------------------------------------------------
     def _refresh(self, name: str, st: _DsState) -> list[Invalidation]:

@@ -1,0 +1,387 @@
+"""Benchmark of the spacefs mount against its floor and against local disk.
+
+Three systems serve the same bytes at the same relative paths:
+  spacefs  the spacefs daemon over a catalog (paths under <ds>/versions/1/)
+  floor    a minimal in-memory pyfuse3 file system (the floor of any Python FUSE daemon),
+           run in its own process like ours, with the same kernel cache settings
+  disk     the same files written to a local directory
+
+Workloads (SPEC section 7): 10,000 small records (4 KiB) read cold and warm, stat of
+10,000 rows, ls of 100,000 rows, sequential read of one 256 MiB record, and an
+ImageFolder-style epoch over files/ (2,000 224x224 JPEGs, PIL decode included). "Cold" is a fresh mount (empty
+kernel and daemon caches) with the underlying files evicted from the page cache
+(posix_fadvise DONTNEED); "warm" repeats on the same mount. Best of --repeat runs.
+
+    .venv/bin/python scripts/bench/mount.py [--dir /tmp/spacefs-bench-mount] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+SMALL_ROWS, SMALL_SIZE = 10_000, 4096
+WIDE_ROWS = 100_000
+BIG_SIZE = 256 << 20
+IMAGES, LABELS = 2_000, 10
+SCHEMA = pa.schema([("id", pa.int64()), ("blob", pa.binary())])
+IMG_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.string()), ("name", pa.string()), ("image", pa.binary())])
+LAYOUT = {"path": "{label}/{name}", "content": "image"}
+
+
+# -- data -----------------------------------------------------------------------------
+def _jpeg(i: int) -> bytes:
+    """A 224x224 photo-like JPEG (smooth shapes plus grain), ImageNet training size."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(i)
+    base = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(base).resize((224, 224), Image.BICUBIC), dtype=np.int16)
+    img = np.clip(img + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def build(root: str) -> str:
+    """The catalog (spacefs) and the same files on local disk; reused when present."""
+    from spacefs import DirCatalog
+
+    cat_dir, disk = os.path.join(root, "catalog"), os.path.join(root, "disk")
+    done = os.path.join(root, ".built")
+    if os.path.exists(done):
+        return cat_dir
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    cat = DirCatalog(cat_dir)
+    rng = np.random.default_rng(0)
+    print("building data...", flush=True)
+
+    def put(path: str, data: bytes) -> None:
+        p = os.path.join(disk, path)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+
+    small = [rng.bytes(SMALL_SIZE) for _ in range(SMALL_ROWS)]
+    cat.create_dataset("small", SCHEMA, ["id"], ["blob"]).local().append(
+        {"id": list(range(SMALL_ROWS)), "blob": small})
+    for i, b in enumerate(small):
+        put(f"small/rows/{i}/blob", b)
+    cat.create_dataset("wide", SCHEMA, ["id"], ["blob"]).local().append(
+        {"id": list(range(WIDE_ROWS)), "blob": [b"x" * 16] * WIDE_ROWS})
+    for i in range(WIDE_ROWS):
+        os.makedirs(os.path.join(disk, "wide", "rows", str(i)))
+    big = rng.bytes(BIG_SIZE)
+    cat.create_dataset("big", SCHEMA, ["id"], ["blob"]).local().append({"id": [1], "blob": [big]})
+    put("big/rows/1/blob", big)
+    del big
+    labels = [f"class_{i % LABELS:02d}" for i in range(IMAGES)]
+    names = [f"img_{i:05d}.jpg" for i in range(IMAGES)]
+    jpegs = [_jpeg(i) for i in range(IMAGES)]
+    cat.create_dataset("images", IMG_SCHEMA, ["id"], ["image"], file_layout=LAYOUT).local().append(
+        {"id": list(range(IMAGES)), "label": labels, "name": names, "image": jpegs})
+    for label, name, jpeg in zip(labels, names, jpegs, strict=True):
+        put(f"images/files/{label}/{name}", jpeg)
+    open(done, "w").close()
+    return cat_dir
+
+
+# -- the floor: a minimal in-memory pyfuse3 file system -------------------------------------
+def serve_floor(catalog: str, mountpoint: str) -> None:
+    """Serve the catalog's bytes from memory at the same relative paths as ``disk``."""
+    import pyfuse3
+    import trio
+
+    from spacefs import Dataset
+    from spacefs.engine.layout import format_path
+
+    files: dict[str, bytes] = {}
+    dirs: set[str] = set()
+    for name in ("small", "wide", "big"):
+        t = Dataset.load(os.path.join(catalog, name)).local().read_all()
+        for i, b in zip(t.column("id").to_pylist(), t.column("blob").to_pylist(), strict=True):
+            files[f"{name}/rows/{i}/blob"] = b
+    t = Dataset.load(os.path.join(catalog, "images")).local().read_all()
+    for row in t.to_pylist():
+        files[f"images/files/{format_path(LAYOUT['path'], row)}"] = row["image"]
+
+    children: dict[int, list[tuple[bytes, int]]] = {}
+    index: dict[int, dict[bytes, int]] = {}
+    data: dict[int, bytes] = {}
+    ino_of = {"": pyfuse3.ROOT_INODE}
+
+    def ino(path: str) -> int:
+        i = ino_of.get(path)
+        if i is None:
+            parent, _, leaf = path.rpartition("/")
+            p = ino(parent)
+            i = ino_of[path] = len(ino_of) + 1
+            children.setdefault(p, []).append((leaf.encode(), i))
+            index.setdefault(p, {})[leaf.encode()] = i
+            dirs.add(parent)
+        return i
+
+    for path, b in files.items():
+        data[ino(path)] = b
+
+    class Floor(pyfuse3.Operations):
+        def _attr(self, i: int) -> pyfuse3.EntryAttributes:
+            e = pyfuse3.EntryAttributes()
+            e.st_ino = i
+            e.entry_timeout = e.attr_timeout = 86400.0
+            b = data.get(i)
+            e.st_mode = (stat.S_IFREG | 0o444) if b is not None else (stat.S_IFDIR | 0o555)
+            e.st_nlink = 1
+            e.st_size = len(b) if b is not None else 0
+            e.st_blksize = 128 * 1024
+            e.st_blocks = (e.st_size + 511) // 512
+            return e
+
+        async def lookup(self, parent, name, ctx=None):
+            i = index.get(parent, {}).get(name)
+            if i is None:
+                raise pyfuse3.FUSEError(2)
+            return self._attr(i)
+
+        async def getattr(self, i, ctx=None):
+            return self._attr(i)
+
+        async def opendir(self, i, ctx=None):
+            return i
+
+        async def readdir(self, fh, start, token):
+            lst = children.get(fh, [])
+            for k in range(start, len(lst)):
+                if not pyfuse3.readdir_reply(token, lst[k][0], self._attr(lst[k][1]), k + 1):
+                    return
+
+        async def open(self, i, flags, ctx=None):
+            return pyfuse3.FileInfo(fh=i, keep_cache=True)
+
+        async def read(self, fh, off, size):
+            return data[fh][off : off + size]
+
+    pyfuse3.init(Floor(), mountpoint, {"fsname=floor", "subtype=floor", "ro", "auto_unmount"})
+    print("ok", flush=True)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+# -- systems ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def mount_spacefs(catalog: str, mnt: str) -> Iterator[str]:
+    from spacefs.mount import launch
+
+    with launch.mounted(catalog, mnt):
+        yield mnt
+
+
+@contextlib.contextmanager
+def mount_floor(catalog: str, mnt: str) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-floor", catalog, mnt], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        if line != "ok":
+            raise RuntimeError(f"floor file system failed to mount: {line!r}")
+        os.stat(mnt)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def on_disk(root: str) -> Iterator[str]:
+    yield os.path.join(root, "disk")
+
+
+def evict(root: str) -> None:
+    """Drop a tree's files from the page cache (clean pages only; no privileges needed)."""
+    for r, _, fs in os.walk(root):
+        for f in fs:
+            try:
+                fd = os.open(os.path.join(r, f), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+# -- workloads --------------------------------------------------------------------------
+def prefix(system: str, ds: str) -> str:
+    return f"{ds}/versions/1" if system == "spacefs" else ds
+
+
+def read_small(base: str, system: str) -> int:
+    p = os.path.join(base, prefix(system, "small"), "rows")
+    n = 0
+    for i in range(SMALL_ROWS):
+        with open(f"{p}/{i}/blob", "rb") as f:
+            n += len(f.read())
+    assert n == SMALL_ROWS * SMALL_SIZE
+    return n
+
+
+def stat_small(base: str, system: str) -> int:
+    p = os.path.join(base, prefix(system, "small"), "rows")
+    total = sum(os.stat(f"{p}/{i}/blob").st_size for i in range(SMALL_ROWS))
+    assert total == SMALL_ROWS * SMALL_SIZE
+    return total
+
+
+def ls_wide(base: str, system: str) -> int:
+    n = len(os.listdir(os.path.join(base, prefix(system, "wide"), "rows")))
+    assert n == WIDE_ROWS
+    return n
+
+
+def read_big(base: str, system: str) -> int:
+    n = 0
+    buf = bytearray(1 << 20)
+    with open(os.path.join(base, prefix(system, "big"), "rows", "1", "blob"), "rb", buffering=0) as f:
+        while True:
+            k = f.readinto(buf)
+            if not k:
+                break
+            n += k
+    assert n == BIG_SIZE
+    return n
+
+
+def image_epoch(base: str, system: str) -> int:
+    """What torchvision's ImageFolder does per epoch: list classes and files, decode each."""
+    from PIL import Image
+
+    root = os.path.join(base, prefix(system, "images"), "files")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    samples = [(os.path.join(root, c, e.name), k) for k, c in enumerate(classes)
+               for e in sorted(os.scandir(os.path.join(root, c)), key=lambda e: e.name)]
+    pixels = 0
+    for path, _ in samples:
+        with open(path, "rb") as f:
+            img = Image.open(f).convert("RGB")
+        pixels += np.asarray(img).shape[0]  # decoded to an array, as a transform would
+    assert len(samples) == IMAGES
+    return pixels
+
+
+WORKLOADS: list[tuple[str, Callable[[str, str], int], str, str]] = [
+    ("10k small records, cold", read_small, "small", "cold"),
+    ("10k small records, warm", read_small, "small", "warm"),
+    ("stat of 10k rows, cold", stat_small, "small", "cold"),
+    ("ls of 100k rows, cold", ls_wide, "wide", "cold"),
+    ("256 MiB record, sequential", read_big, "big", "cold"),
+    ("ImageFolder epoch, cold", image_epoch, "images", "cold"),
+    ("ImageFolder epoch, warm", image_epoch, "images", "warm"),
+]
+
+TARGETS = {
+    "10k small records, cold": ("floor", "<=", 1.5),
+    "stat of 10k rows, cold": ("floor", "<=", 1.5),
+    "256 MiB record, sequential": ("floor", "<=", 1.25),  # time ratio; >= 0.8x throughput
+    "ImageFolder epoch, cold": ("disk", "<=", 1.3),
+    "ImageFolder epoch, warm": ("disk", "<=", 1.3),
+}
+
+
+def measure(root: str, catalog: str, repeat: int) -> dict[tuple[str, str], float]:
+    tmp = tempfile.mkdtemp(prefix="spacefs-bench-mnt-")
+    systems = {
+        "spacefs": lambda: mount_spacefs(catalog, os.path.join(tmp, "spacefs")),
+        "floor": lambda: mount_floor(catalog, os.path.join(tmp, "floor")),
+        "disk": lambda: on_disk(root),
+    }
+    for s in ("spacefs", "floor"):
+        os.makedirs(os.path.join(tmp, s))
+    out: dict[tuple[str, str], float] = {}
+    try:
+        for system, make in systems.items():
+            underlying = catalog if system != "disk" else os.path.join(root, "disk")
+            for _ in range(repeat):
+                # One fresh mount per repetition: every "cold" figure starts from empty caches.
+                with make() as base:
+                    done: set[str] = set()
+                    for label, fn, ds, temp in WORKLOADS:
+                        if temp == "cold":
+                            if ds in done:  # a second cold workload on the same data needs a new mount
+                                continue
+                            evict(os.path.join(underlying, ds))
+                        t = time.perf_counter()
+                        fn(base, system)
+                        dt = time.perf_counter() - t
+                        done.add(ds)
+                        key = (label, system)
+                        out[key] = min(out.get(key, float("inf")), dt)
+                # stat of 10k rows must start cold too: it shares "small" with the read workload
+                with make() as base:
+                    evict(os.path.join(underlying, "small"))
+                    t = time.perf_counter()
+                    stat_small(base, system)
+                    dt = time.perf_counter() - t
+                    key = ("stat of 10k rows, cold", system)
+                    out[key] = min(out.get(key, float("inf")), dt)
+            print(f"measured {system}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def report(out: dict[tuple[str, str], float]) -> None:
+    print()
+    print(f"{'workload':<30} {'spacefs':>10} {'floor':>10} {'disk':>10} {'vs floor':>9} {'vs disk':>8}  target")
+    for label, *_ in WORKLOADS:
+        s, f, d = (out.get((label, k)) for k in ("spacefs", "floor", "disk"))
+        target = TARGETS.get(label)
+        tgt = ""
+        if target:
+            ref = f if target[0] == "floor" else d
+            ok = s / ref <= target[2]
+            tgt = f"{target[0]} <= {target[2]}x {'met' if ok else 'MISSED'}"
+            if label.startswith("256"):
+                tgt = f"throughput >= 0.8x floor: {f / s:.2f}x {'met' if f / s >= 0.8 else 'MISSED'}"
+        print(f"{label:<30} {s * 1e3:>8.0f}ms {f * 1e3:>8.0f}ms {d * 1e3:>8.0f}ms {s / f:>8.2f}x {s / d:>7.2f}x  {tgt}")
+    big = out.get(("256 MiB record, sequential", "spacefs"))
+    if big:
+        mib = BIG_SIZE / (1 << 20)
+        print(f"\n256 MiB sequential: spacefs {mib / big:.0f} MiB/s, floor "
+              f"{mib / out[('256 MiB record, sequential', 'floor')]:.0f} MiB/s, disk "
+              f"{mib / out[('256 MiB record, sequential', 'disk')]:.0f} MiB/s (disk cold = evicted page cache)")
+    print("Times: best of the repetitions; ratios are time ratios (lower is better for spacefs).")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-floor":
+        serve_floor(sys.argv[2], sys.argv[3])
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "spacefs-bench-mount"))
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    catalog = build(args.dir)
+    report(measure(args.dir, catalog, args.repeat))
+
+
+if __name__ == "__main__":
+    main()
