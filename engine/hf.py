@@ -108,11 +108,14 @@ def to_huggingface(ds: Dataset, version: Version = None, fields: Sequence[str] |
                 yield table_cast(_hf_table(t, doc), target)
                 bar.update(t.num_rows)
 
+    # A snapshot never changes, so (location, snapshot, fields) identifies the rows; without
+    # it HuggingFace would fingerprint an in-memory table by pickling all of its bytes.
+    fingerprint = hashlib.sha1(json.dumps([ds.location, sid, names]).encode()).hexdigest()
     if cache_dir is None:
         parts = list(tables())
         table = pa.concat_tables(parts) if parts else target.empty_table()
-        return datasets.Dataset(InMemoryTable(table), info=info)
-    digest = hashlib.sha1(json.dumps([ds.location, names]).encode()).hexdigest()[:12]
+        return datasets.Dataset(InMemoryTable(table), info=info, fingerprint=fingerprint)
+    digest = fingerprint[:12]
     path = os.path.join(os.path.abspath(cache_dir), f"{ds.name}-{sid}-{digest}.arrow")
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -268,19 +268,26 @@ class RecordReader:
         sz = size if keep is None else size[keep]
         if len(off) == 0:
             return out
-        order = np.lexsort((off, fi))
+        m = len(off)
+        if int(off.max()) < (1 << 40) and int(fi.max()) < (1 << 22):
+            order = np.argsort((fi.astype(np.int64) << 40) | off)  # one key sorts faster
+        else:
+            order = np.lexsort((off, fi))
         rows = order if keep is None else keep[order]
         fi, off, sz = fi[order], off[order], sz[order]
         end = np.where(sz > 0, _phys_end_vec(off, sz), off)
-        plain = (end - off) == sz  # no block header inside the record
-        brk = np.empty(len(off), dtype=bool)
+        new_file = fi[1:] != fi[:-1]
+        brk = np.empty(m, dtype=bool)
         brk[0] = True
-        brk[1:] = (fi[1:] != fi[:-1]) | (off[1:] - end[:-1] > COALESCE_GAP)
+        brk[1:] = new_file | (off[1:] - end[:-1] > COALESCE_GAP)
         starts = np.flatnonzero(brk)
-        stops = np.append(starts[1:], len(off))
+        stops = np.append(starts[1:], m)
         gend = np.maximum.reduceat(end, starts)
-        uniq, inv = np.unique(fi, return_inverse=True)
-        fd_of = np.asarray(self._fd_batch([files[f] for f in uniq.tolist()]), dtype=np.int64)[inv]
+        file_starts = np.concatenate(([0], np.flatnonzero(new_file) + 1))
+        uniq = fi[file_starts]
+        inv = np.zeros(m, dtype=np.int64)
+        inv[file_starts[1:]] = 1
+        fd_of = np.asarray(self._fd_batch([files[f] for f in uniq.tolist()]), dtype=np.int64)[np.cumsum(inv)]
         span = gend - off[starts]
         # A lone record (no neighbour to merge with) that is plain or straddles one block
         # boundary is one pread; nearly all of a random batch is. They are read in the
@@ -291,10 +298,18 @@ class RecordReader:
         fd_full[rows] = fd_of
         span_full = np.zeros(n, dtype=np.int64)
         span_full[rows[starts]] = span
-        l_rows = np.sort(rows[starts[lone]])
-        args = [fd_full[l_rows].tolist(), offset[l_rows].tolist(), span_full[l_rows].tolist()]
-        step = max(256, -(-len(l_rows) // max(threads, 1)))
-        chunks = [[a[c : c + step] for a in args] for c in range(0, len(l_rows), step)]
+        if lone.all() and keep is None:
+            l_rows = None
+            l_fd, l_off, l_span, l_size = fd_full, offset, span_full, size
+        else:
+            mask = np.zeros(n, dtype=bool)
+            mask[rows[starts[lone]]] = True
+            l_rows = np.flatnonzero(mask)
+            l_fd, l_off, l_span, l_size = fd_full[l_rows], offset[l_rows], span_full[l_rows], size[l_rows]
+        args = [l_fd.tolist(), l_off.tolist(), l_span.tolist()]
+        count = len(args[0])
+        step = max(256, -(-count // max(threads, 1)))
+        chunks = [[a[c : c + step] for a in args] for c in range(0, count, step)]
 
         def lone_reads(job: list[list[int]]) -> list[bytes]:
             pread = os.pread
@@ -305,16 +320,19 @@ class RecordReader:
                 vals = [v for part in ex.map(lone_reads, chunks) for v in part]
         else:
             vals = lone_reads(args)
-        if sum(map(len, vals)) != int(span_full[l_rows].sum()):
+        if sum(map(len, vals)) != int(l_span.sum()):
             raise OSError(f"short read in {[files[f] for f in uniq.tolist()]} (truncated record file?)")
-        cut = np.flatnonzero(span_full[l_rows] != size[l_rows])
-        for p, k in zip(cut.tolist(), (BLOCK - offset[l_rows[cut]] % BLOCK).tolist(), strict=True):
+        cut = np.flatnonzero(l_span != l_size)
+        for p, k in zip(cut.tolist(), (BLOCK - l_off[cut] % BLOCK).tolist(), strict=True):
             b = vals[p]
             vals[p] = b[:k] + b[k + BLOCK_HEADER :]
-        if len(vals) == n:
+        if l_rows is None:
             return vals
         for j, v in zip(l_rows.tolist(), vals, strict=True):
             out[j] = v
+        if not rest.any():
+            return out
+        plain = (end - off) == sz  # no block header inside the record
         rows_c, off_c, sz_c, plain_c = rows.tolist(), off.tolist(), sz.tolist(), plain.tolist()
         for a, b, g1, fd in zip(starts[rest].tolist(), stops[rest].tolist(), gend[rest].tolist(),
                                 fd_of[starts[rest]].tolist(), strict=True):

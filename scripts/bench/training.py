@@ -4,7 +4,7 @@ Data (SPEC section 7): ROWS rows of int64 id, string label, 4 KiB random blob, w
 once to a spacefs dataset, a Lance dataset and one packed file of the blobs back to back.
 
 Measured side by side in this run:
-- random access of 2,000 random rows, warm (best of --repeat): spacefs
+- random access of 2,000 random rows, warm (best of --repeat rounds, the three taking turns): spacefs
   ``RandomAccessDataSource.__getitems__``, Lance ``take``, and one ``os.pread`` per blob of
   the packed file (the physical limit);
 - one PyTorch DataLoader epoch (4 workers, batch 64, shuffled) over a map-style dataset
@@ -12,7 +12,7 @@ Measured side by side in this run:
 - the HuggingFace export ``ds.to_huggingface()`` against ``datasets.Dataset.from_dict``
   of the same rows.
 
-    python scripts/bench/training.py [--rows 200000] [--take 2000] [--repeat 7]
+    python scripts/bench/training.py [--rows 200000] [--take 2000] [--repeat 30]
 
 Targets: random access <= 1.5x of pread and faster than Lance.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
@@ -48,15 +47,17 @@ def make_table(rows: int, seed: int = 0) -> pa.Table:
     })
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Best wall time of ``repeat`` warm runs (one untimed warm-up first)."""
-    out = fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
+def race(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, Any]]:
+    """Best wall time of each contender over ``rounds`` warm rounds, run in turn within
+    each round so that all of them see the same machine load."""
+    out = {name: fn() for name, fn in contenders.items()}  # warm-up, untimed
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            out[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: (best[name], out[name]) for name in contenders}
 
 
 # -- the three map-style sources, same rows, same output --------------------------------
@@ -138,7 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--take", type=int, default=2_000)
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one, removed after)")
@@ -169,9 +170,12 @@ def main() -> None:
         source = RandomAccessDataSource({"blob": ds})
         lds = lance.dataset(os.path.join(work, "lance"))
         packed_rows = PackedRows(packed, table.column("id").to_numpy(), table.column("label").to_pylist())
-        t_space, got = timed(lambda: source.__getitems__(idx_list), args.repeat)
-        t_lance, lgot = timed(lambda: lds.take(idx_list, columns=["blob"]), args.repeat)
-        t_pread, pgot = timed(lambda: packed_rows.blobs(idx_list), args.repeat)
+        raced = race({
+            "spacefs": lambda: source.__getitems__(idx_list),
+            "lance": lambda: lds.take(idx_list, columns=["blob"]),
+            "pread": lambda: packed_rows.blobs(idx_list),
+        }, args.repeat)
+        (t_space, got), (t_lance, lgot), (t_pread, pgot) = raced["spacefs"], raced["lance"], raced["pread"]
         assert got == pgot == lgot.column("blob").to_pylist(), "the three readers disagree"
         n = len(idx_list)
         results.append((f"random {n} rows (__getitems__)", "pread", t_space, t_pread, "<= 1.5x"))
@@ -212,7 +216,7 @@ def main() -> None:
     for what, peer, ours, theirs, target in results:
         print(f"| {what:<44} | {peer:<23} | {fmt(ours):>10} | {fmt(theirs):>10} | {ours / theirs:>5.2f}x | {target:<8} |")
     print()
-    print(f"random access per row: spacefs {statistics.fmean([t_space]) / n * 1e6:.2f} us, "
+    print(f"random access per row: spacefs {t_space / n * 1e6:.2f} us, "
           f"pread {t_pread / n * 1e6:.2f} us, Lance {t_lance / n * 1e6:.2f} us")
 
 
