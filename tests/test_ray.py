@@ -116,6 +116,7 @@ def test_ray_dataset_is_lazy_with_read_tasks_per_range(ds):
     assert set(first[0]) == {"id", "blob"}
     assert rds.sum("id") == sum(range(40_000))
     assert ds.ray_dataset(version=0).count() == 0
+    assert ds.ray_dataset(version=1, fields=["id"], ray_options=OPTS).max("id") == 39_999
     # Read tasks: one per row range of each index file, none materialised up front.
     source = _datasource_class()(*_pinned(ds))
     tasks = source.get_read_tasks(4)
@@ -148,6 +149,12 @@ def test_views_read_on_ray(ds, tmp_path):
     pids = {b.split(b"@")[1] for b in t.column("blob").to_pylist()}
     assert str(os.getpid()).encode() not in pids  # UDFs ran in Ray workers
     assert t.num_rows == 20_000
+    start = ds.snapshot_id()
+    ds.local().upsert(rows([5, 40_001], tag="d"))
+    changes = list(mapped.ray(OPTS).diff(start, None))
+    assert [c.change_type.name for c in changes] == ["DELETE", "ADD"]
+    assert sorted(changes[1].data.column("id").to_pylist()) == [5, 40_001]
+    assert changes[1].data.column("blob")[0].as_py().split(b"@")[0] in (b"b5d", b"b40001d")
 
 
 def test_mv_refresh_on_ray(ds, tmp_path):
