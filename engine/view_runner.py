@@ -19,7 +19,7 @@ from .reads import _rebatch
 from .storage import Version
 from .types import ChangeData, ChangeType
 from .view_delta import merge_deletes
-from .view_parts import Ctx, finish, ref_schema
+from .view_parts import Ctx, finish
 from .views import Source, View
 
 
@@ -103,5 +103,3 @@ class ViewRunner:
 
         return changes()
 
-
-__all__ = ["ViewRunner", "read_view", "output_schema", "ref_schema"]
