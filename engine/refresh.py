@@ -25,6 +25,7 @@ head's; if not, the refresh starts over from the new state.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -99,18 +100,32 @@ def refresh(mv: Any, executor: Any, version: Version | dict = None, batch_size: 
             delta = Delta(adds=list(view._scan(ctx, end)), from_empty=True)
         else:
             delta = view._delta(ctx, dict(zip(keys, recorded, strict=True)), end)
-        entries, written = _write(executor, delta, st, view, file_options)
         deletes = merge_deletes(delta.deletes)
 
-        def plan(b: int, entries: list = entries, deletes: list[pa.Table] = deletes, rebuild: bool = rebuild) -> Plan:
-            p = Plan(added=list(entries))
-            remover = RowRemover(st, FileWriter(st, file_options))
-            if rebuild:
-                remover.remove(b, None, lambda t: np.ones(t.num_rows, dtype=bool), p)
-            elif deletes:
-                prune = functools.reduce(lambda a, e: a | e, [key_filter(d) for d in deletes])
-                remover.remove(b, prune, lambda t: _any_key(t, deletes), p)
-            return p
+        def removals(b: int, deletes: list[pa.Table] = deletes, rebuild: bool = rebuild) -> Plan:
+            return _removals(st, file_options, b, deletes, rebuild)
+
+        # The MV's index rewrites (for deleted keys) overlap with computing and writing the
+        # added rows: on the base seen now, which is almost always the one committed on.
+        with ThreadPoolExecutor(1) as pool:
+            early = pool.submit(removals, base) if deletes or rebuild else None
+            try:
+                entries, written = _write(executor, delta, st, view, file_options)
+            except BaseException:
+                if early is not None and early.exception() is None:
+                    _cleanup(st, early.result().temp_files)
+                raise
+        try:
+            pre = early.result() if early is not None else Plan()
+        except BaseException:
+            _cleanup(st, written)
+            raise
+
+        def plan(b: int, entries: list = entries, pre: Plan = pre, base: int = base,
+                 removals: Any = removals) -> Plan:
+            r = pre if b == base else removals(b)
+            return Plan(added=list(entries) + r.added, removed=list(r.removed), deleted=r.deleted,
+                        temp_files=list(r.temp_files))
 
         def settings(h: Entry, sid: int | None = None, base: int = base, recorded: Any = recorded,
                      target: list[int] = target) -> dict[str, Any]:
@@ -127,13 +142,32 @@ def refresh(mv: Any, executor: Any, version: Version | dict = None, batch_size: 
             if snap is None:
                 st.commit_refs(lambda h, b=base: {"settings": settings(h, b)}, "refresh")
         except _Stale:
-            _cleanup(st, written)
+            _cleanup(st, written + pre.temp_files)
             continue
         except BaseException:
-            _cleanup(st, written)
+            _cleanup(st, written + pre.temp_files)
             raise
         return JobResult.from_snapshot(st, snap)
     raise CommitConflictError(f"{st.name}: refresh lost to concurrent refreshes {MAX_ATTEMPTS} times")
+
+
+def _removals(st: Any, file_options: FileOptions | None, base: int, deletes: list[pa.Table], rebuild: bool) -> Plan:
+    """What removing the deleted keys (or, for a rebuild, every row) from the MV's
+    snapshot ``base`` takes: only the index files holding such rows are rewritten."""
+    p = Plan()
+    writer = FileWriter(st, file_options)
+    try:
+        remover = RowRemover(st, writer)
+        if rebuild:
+            remover.remove(base, None, lambda t: np.ones(t.num_rows, dtype=bool), p)
+        elif deletes:
+            prune = functools.reduce(lambda a, e: a | e, [key_filter(d) for d in deletes])
+            remover.remove(base, prune, lambda t: _any_key(t, deletes), p)
+    except BaseException:
+        writer.cleanup()
+        _cleanup(st, p.temp_files)
+        raise
+    return p
 
 
 def _any_key(t: pa.Table, deletes: list[pa.Table]) -> np.ndarray:
