@@ -10,6 +10,7 @@ written with compression fall back to ``ArrayRecordReader``.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import threading
@@ -167,10 +168,16 @@ class RecordReader:
     Thread-safe: ``os.pread`` needs no shared position, and the LRU is locked.
     """
 
-    def __init__(self, root: str, max_open: int = 256):
+    def __init__(self, root: str, max_open: int = 256, mmap_max: int = 0):
         self.root = root
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._readers: dict[str, ArrayRecordReader] = {}
+        # ``read_batch`` copies records of at most ``mmap_max`` bytes out of a read-only
+        # memory map instead of calling pread: on page cache that is ~3x cheaper per
+        # record. Maps are dropped, never closed, on eviction (a reader in another thread
+        # may still hold one; unmapping happens when the last reference goes).
+        self.mmap_max = mmap_max
+        self._maps: dict[str, mmap.mmap | None] = {}
         self._lock = threading.Lock()
         self._max_open = max_open
         self._pid = os.getpid()
@@ -225,6 +232,7 @@ class RecordReader:
             if self._pid != os.getpid():
                 self._fds.clear()
                 self._readers.clear()
+                self._maps.clear()
                 self._pid = os.getpid()
             out = []
             for rel in rels:
@@ -237,8 +245,20 @@ class RecordReader:
                 out.append(fd)
             keep = max(self._max_open, len(rels))
             while len(self._fds) > keep:
-                _, old = self._fds.popitem(last=False)
+                rel, old = self._fds.popitem(last=False)
+                self._maps.pop(rel, None)
                 os.close(old)
+            return out
+
+    def _map_batch(self, rels: Sequence[str], fds: Sequence[int]) -> list[mmap.mmap | None]:
+        """Read-only maps of ``rels`` (opened as ``fds``); None for an empty file."""
+        with self._lock:
+            out = []
+            for rel, fd in zip(rels, fds, strict=True):
+                if rel not in self._maps:
+                    size = os.fstat(fd).st_size
+                    self._maps[rel] = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+                out.append(self._maps[rel])
             return out
 
     def read_batch(self, files: Sequence[str], file_idx: np.ndarray, offset: np.ndarray,
@@ -262,6 +282,8 @@ class RecordReader:
                     out[i] = v
             keep = np.flatnonzero(~slow)
         else:
+            if self.mmap_max > 0:
+                return self._read_mapped(files, file_idx, offset, size)
             keep = None
         fi = file_idx if keep is None else file_idx[keep]
         off = offset if keep is None else offset[keep]
@@ -345,6 +367,30 @@ class RecordReader:
                 out[rows_c[k]] = buf[r : r + sz_c[k]] if plain_c[k] else _strip_headers(buf, off_c[k], sz_c[k], g0)
         return out
 
+    def _read_mapped(self, files: Sequence[str], file_idx: np.ndarray, offset: np.ndarray,
+                     size: np.ndarray) -> list[bytes]:
+        """Records copied out of memory maps, in the order asked. No sort: a copy from a
+        map costs the same whether or not its neighbour is wanted too."""
+        lo, hi = int(file_idx.min()), int(file_idx.max())
+        if lo == hi:
+            uniq, local = [lo], [0] * len(file_idx)
+        else:
+            u, inv = np.unique(file_idx, return_inverse=True)
+            uniq, local = u.tolist(), inv.tolist()
+        rels = [files[f] for f in uniq]
+        fds = self._fd_batch(rels)
+        maps = self._map_batch(rels, fds)
+        span = np.where(size > 0, _phys_end_vec(offset, np.maximum(size, 1)) - offset, 0)
+        limit, pread = self.mmap_max, os.pread
+        vals = [maps[f][o : o + s] if s <= limit else pread(fds[f], s, o)  # type: ignore[index]
+                for f, o, s in zip(local, offset.tolist(), span.tolist(), strict=True)]
+        if sum(map(len, vals)) != int(span.sum()):
+            raise OSError(f"short read in {rels} (truncated record file?)")
+        cut = np.flatnonzero(span != size)  # records with block headers inside
+        for p, o, s in zip(cut.tolist(), offset[cut].tolist(), size[cut].tolist(), strict=True):
+            vals[p] = _strip_headers(vals[p], o, s, o)
+        return vals
+
     def read_refs(self, refs: pa.Array, threads: int = 0) -> pa.Array:
         """Resolve a column of references to a binary column (nulls stay null)."""
         refs = refs.combine_chunks() if isinstance(refs, pa.ChunkedArray) else refs
@@ -411,6 +457,7 @@ class RecordReader:
                 os.close(fd)
             self._fds.clear()
             self._readers.clear()
+            self._maps.clear()
 
 
 # Records of one file at most this far apart are read with a single pread and cut

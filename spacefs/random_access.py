@@ -25,6 +25,10 @@ from spacefs.engine.storage import Version
 
 Source = str | os.PathLike | Any  # a location, a Dataset or a MaterializedView
 
+# Records up to this size are copied from memory maps; larger ones are read with pread,
+# whose one syscall is small next to the copy and which reads cold data in one request.
+MMAP_MAX = 256 << 10
+
 
 @dataclass
 class _Refs:
@@ -75,7 +79,8 @@ def _refs_of(column: pa.ChunkedArray | pa.Array) -> _Refs:
 class _Group:
     """One dataset read from: its pinned snapshot and a record reader per process."""
 
-    def __init__(self, ds: Dataset, version: Version):
+    def __init__(self, ds: Dataset, version: Version, mmap_max: int):
+        self.mmap_max = mmap_max
         self.location = ds.location
         self.name = ds.name
         self.snapshot_id = ds.snapshot_id(version)
@@ -85,7 +90,7 @@ class _Group:
     def record_reader(self) -> RecordReader:
         # One reader per process: descriptors opened before a fork are not shared.
         if self.reader is None or self.reader_pid != os.getpid():
-            self.reader = RecordReader(self.location, max_open=1024)
+            self.reader = RecordReader(self.location, max_open=1024, mmap_max=self.mmap_max)
             self.reader_pid = os.getpid()
         return self.reader
 
@@ -101,6 +106,12 @@ class RandomAccessDataSource:
     datasets are lined up by primary key, in the row order of the first dataset named.
     Record fields are read lazily from ArrayRecord; index fields are held in memory.
 
+    Records up to ``MMAP_MAX`` bytes are copied out of read-only memory maps of the record
+    files (no syscall per record: about 3x cheaper than ``pread`` on page cache); larger
+    ones are read with ``pread``. ``mmap=False`` reads everything with ``pread``, which
+    can suit cold random reads of data far larger than memory (no fault read-around).
+    ``threads`` > 1 spreads large batches over threads.
+
     With one field an item is that field's value; with several it is a dict. With
     ``deserialize=True`` record fields of a ``TfFeatures`` type come back as nested
     numpy dicts (plain binary fields have nothing to deserialize and are refused).
@@ -112,7 +123,7 @@ class RandomAccessDataSource:
     """
 
     def __init__(self, access_config: Mapping[str, Source], deserialize: bool = False,
-                 version: Version = None, threads: int = 0):
+                 version: Version = None, threads: int = 0, mmap: bool = True):
         if not isinstance(access_config, Mapping) or not access_config:
             raise UserInputError("access_config must be a non-empty dict of {field: dataset location or Dataset}")
         self.deserialize = bool(deserialize)
@@ -134,7 +145,7 @@ class RandomAccessDataSource:
                     f"{plain} are plain binary: pass deserialize=False to get their bytes"
                 )
         # Pin every version first, so a bad version fails before anything is read.
-        self._groups = [_Group(ds, version) for ds, _ in groups.values()]
+        self._groups = [_Group(ds, version, MMAP_MAX if mmap else 0) for ds, _ in groups.values()]
         self._refs: dict[str, tuple[_Group, _Refs]] = {}
         self._values: dict[str, pa.Array] = {}
         self._keys: list[str] = []

@@ -46,8 +46,9 @@ def expected(ds: Dataset, version=None) -> pa.Table:
     return ds.local().read_all(version=version)
 
 
-def test_rows_in_index_order(ds):
-    src = RandomAccessDataSource({"blob": ds})
+@pytest.mark.parametrize("mmap", [True, False])
+def test_rows_in_index_order(ds, mmap):
+    src = RandomAccessDataSource({"blob": ds}, mmap=mmap)
     t = expected(ds)
     want = t.column("blob").to_pylist()
     assert len(src) == t.num_rows == 500
@@ -61,12 +62,14 @@ def test_rows_in_index_order(ds):
     assert src.__getitems__([]) == []
 
 
-def test_random_batches_match_read_all(ds):
-    src = RandomAccessDataSource({"blob": ds})
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("threads", [0, 3])
+def test_random_batches_match_read_all(ds, mmap, threads):
+    src = RandomAccessDataSource({"blob": ds}, mmap=mmap, threads=threads)
     want = expected(ds).column("blob").to_pylist()
     rng = np.random.default_rng(0)
     for _ in range(5):
-        idx = rng.integers(0, len(src), size=200)
+        idx = rng.integers(0, len(src), size=300)
         assert src.__getitems__(idx.tolist()) == [want[i] for i in idx]
 
 
@@ -110,12 +113,13 @@ def test_fields_of_two_datasets_line_up_by_key(ds, tmp_path):
         RandomAccessDataSource({"blob": ds, "emb": other})
 
 
-def test_nulls_and_compressed_record_files(tmp_path):
+@pytest.mark.parametrize("mmap", [True, False])
+def test_nulls_and_compressed_record_files(tmp_path, mmap):
     ds = Dataset.create(str(tmp_path / "c"), SCHEMA, ["id"], ["blob"])
     ds.local(FileOptions(record_options="group_size:8")).append(
         {"id": [0, 1, 2, 3], "label": ["a", "b", "c", "d"], "blob": [b"zero", None, b"", b"three"]})
     ds.local().append({"id": [4, 5], "label": ["e", None], "blob": [None, b"five"]})
-    src = RandomAccessDataSource({"blob": ds, "label": ds})
+    src = RandomAccessDataSource({"blob": ds, "label": ds}, mmap=mmap)
     assert [r["blob"] for r in src[0:6]] == [b"zero", None, b"", b"three", None, b"five"]
     assert src[5]["label"] is None
     assert src.__getitems__([5, 1, 0]) == [src[5], src[1], src[0]]
