@@ -76,6 +76,16 @@ def _refs_of(column: pa.ChunkedArray | pa.Array) -> _Refs:
     )
 
 
+def _index_values(column: pa.ChunkedArray) -> pa.Array | np.ndarray:
+    """An index column held for lookups: numpy when that gives the same Python values
+    (integers, floats, booleans without nulls), which takes rows ~10x faster than Arrow."""
+    arr = column.combine_chunks()
+    t = arr.type
+    if arr.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        return arr.to_numpy(zero_copy_only=False)
+    return arr
+
+
 class _Group:
     """One dataset read from: its pinned snapshot and a record reader per process."""
 
@@ -147,7 +157,7 @@ class RandomAccessDataSource:
         # Pin every version first, so a bad version fails before anything is read.
         self._groups = [_Group(ds, version, MMAP_MAX if mmap else 0) for ds, _ in groups.values()]
         self._refs: dict[str, tuple[_Group, _Refs]] = {}
-        self._values: dict[str, pa.Array] = {}
+        self._values: dict[str, pa.Array | np.ndarray] = {}
         self._keys: list[str] = []
         self._len = 0
         base: pa.Table | None = None
@@ -161,7 +171,7 @@ class RandomAccessDataSource:
                 if f in ds.record_fields:
                     self._refs[f] = (group, _refs_of(t.column(f)))
                 else:
-                    self._values[f] = t.column(f).combine_chunks()
+                    self._values[f] = _index_values(t.column(f))
 
     def _read_group(self, ds: Dataset, fields: list[str], sid: int, base: pa.Table | None) -> pa.Table:
         """The fields' index columns (references for record fields) of snapshot ``sid``,
@@ -232,7 +242,10 @@ class RandomAccessDataSource:
 
     def _column(self, field: str, idx: np.ndarray) -> list[Any]:
         if field in self._values:
-            return self._values[field].take(pa.array(idx)).to_pylist()
+            values = self._values[field]
+            if isinstance(values, np.ndarray):
+                return values[idx].tolist()
+            return values.take(pa.array(idx)).to_pylist()
         group, refs = self._refs[field]
         valid = refs.valid
         want = idx if valid is None else idx[valid[idx]]
