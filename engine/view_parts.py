@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -74,14 +75,37 @@ class FileRange(Part):
         self.rows = rows
 
     def __call__(self) -> Iterator[pa.Table]:
-        d = pds.dataset(os.path.join(self.location, self.path), schema=self.schema, format="parquet")
-        t = d.to_table()
         if self.start or self.length is not None:
-            t = t.slice(self.start, self.length)
+            t = _index_table(self.location, self.path, self.schema).slice(self.start, self.length)
+        else:
+            t = _read_index(self.location, self.path, self.schema)
         if self.filter_ is not None and t.num_rows:
             t = t.filter(self.filter_)
         if t.num_rows:
             yield t
+
+
+def _read_index(location: str, path: str, schema: pa.Schema) -> pa.Table:
+    return pds.dataset(os.path.join(location, path), schema=schema, format="parquet").to_table()
+
+
+_index_tables: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
+
+
+def _index_table(location: str, path: str, schema: pa.Schema) -> pa.Table:
+    """An index file read once per process for all its row ranges (files never change)."""
+    key = (location, path)
+    with _cache_lock:
+        t = _index_tables.get(key)
+        if t is not None:
+            _index_tables.move_to_end(key)
+            return t
+    t = _read_index(location, path, schema)
+    with _cache_lock:
+        _index_tables[key] = t
+        while len(_index_tables) > 4:
+            _index_tables.popitem(last=False)
+    return t
 
 
 class Excluding(Part):
