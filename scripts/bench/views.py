@@ -10,8 +10,11 @@ refresh after the same change of a single row (open the view, resolve versions, 
 one commit; on Ray, one task; for upserts and deletes, rewriting the one MV index file
 that holds the key), and the verdict is ``refresh <= 5% x full + fixed``. Scattered
 upserts and deletes rewrite every MV index file they touch (index rows only, about a
-hundred bytes each; records are never copied), as the engine's own deletes do. Figures are medians of the timed repeats;
-each repeat applies a fresh change (untimed) before the timed refresh.
+hundred bytes each; records are never copied), as the engine's own deletes do.
+
+Measurements run in interleaved rounds (a warm-up round, then ``--repeats``), so load
+from anything else on the machine weighs on full builds and refreshes alike. Figures
+are medians; each refresh follows a fresh change of the source (untimed).
 
     .venv/bin/python scripts/bench/views.py            # full size
     .venv/bin/python scripts/bench/views.py --quick    # smoke run
@@ -20,6 +23,7 @@ each repeat applies a fresh change (untimed) before the timed refresh.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -38,12 +42,12 @@ from common import (  # noqa: E402
     flush_dirty_pages,
     fmt_seconds,
     make_table,
-    measure,
     render_table,
     resolve_size,
     rows_with_ids,
     say,
     scratch,
+    time_once,
     write_json,
 )
 
@@ -95,28 +99,22 @@ class ViewsBench:
         self.src.local().delete(pc.field("id").isin(pa.array(self.live_ids(n))))
 
     # -- measurements --------------------------------------------------------------
-    def full(self, system: str) -> Timing:
-        counter = iter(range(1 << 30))
-        state: dict[str, Any] = {}
+    def full_once(self, system: str, i: int) -> float:
+        """Seconds to materialize the whole view into a fresh MV (then removed)."""
+        mv = self.view.materialize(os.path.join(self.root, f"full-{system}-{i}"))
+        dt, r = time_once(lambda: self.runner(mv, system).refresh())
+        assert r.state == JobResult.State.SUCCEEDED and r.storage_statistics_update["rows"] == self.src.num_rows()
+        flush_dirty_pages()
+        shutil.rmtree(mv.location)
+        return dt
 
-        def setup(_i: int) -> None:
-            state["mv"] = self.view.materialize(os.path.join(self.root, f"full-{system}-{next(counter)}"))
-
-        def run(_i: int) -> None:
-            r = self.runner(state["mv"], system).refresh()
-            assert r.state == JobResult.State.SUCCEEDED and r.storage_statistics_update["rows"] == self.src.num_rows()
-
-        return measure(run, self.repeats, warmup=1 if system == "ray" else 0, setup=setup,
-                       teardown=lambda _i: flush_dirty_pages())
-
-    def refreshes(self, system: str, mv: Any, change: Callable[[], None]) -> Timing:
-        def run(_i: int) -> None:
-            r = self.runner(mv, system).refresh()
-            assert r.state in (JobResult.State.SUCCEEDED, JobResult.State.SKIPPED)
-
-        # Refreshes are short and noisier than a full build: at least five repeats.
-        return measure(run, max(self.repeats, 5), warmup=1, setup=lambda _i: (change(), flush_dirty_pages()),
-                       teardown=lambda _i: flush_dirty_pages())
+    def refresh_once(self, system: str, mv: Any, change: Callable[[], None]) -> float:
+        change()
+        flush_dirty_pages()
+        dt, r = time_once(lambda: self.runner(mv, system).refresh())
+        assert r.state in (JobResult.State.SUCCEEDED, JobResult.State.SKIPPED)
+        flush_dirty_pages()
+        return dt
 
     def run(self) -> None:
         n = self.n_change
@@ -124,18 +122,28 @@ class ViewsBench:
         for kind, fn in (("appended", self.append), ("upserted", self.upsert), ("deleted", self.delete)):
             changes.append((f"1 row {kind}", lambda fn=fn: fn(1)))
             changes.append((f"{CHANGE:.0%} {kind}", lambda fn=fn: fn(n)))
+        mvs = {}
         for system in SYSTEMS:
-            t: dict[str, Timing] = {}
-            say(f"{system}: full materialization of {self.rows:,} rows")
-            t["full"] = self.full(system)
-            mv = self.view.materialize(os.path.join(self.root, f"mv-{system}"))
-            self.runner(mv, system).refresh()
-            for name, change in changes:
-                say(f"{system}: refresh after {name}")
-                t[name] = self.refreshes(system, mv, change)
+            mvs[system] = self.view.materialize(os.path.join(self.root, f"mv-{system}"))
+            self.runner(mvs[system], system).refresh()
+            self.timings[system] = {name: Timing() for name in ["full", *[c for c, _ in changes]]}
+        # Rounds interleave everything (full builds and refreshes, local and Ray), so a
+        # change in machine load lands on both sides of every ratio alike.
+        for rnd in range(1 + self.repeats):
+            say(f"round {rnd + 1} of {1 + self.repeats}{' (warm-up)' if rnd == 0 else ''}")
+            for system in SYSTEMS:
+                t = self.timings[system]
+                dt = self.full_once(system, rnd)
+                if rnd:
+                    t["full"].times.append(dt)
+                self.runner(mvs[system], system).refresh()  # untimed: catch up on the other's changes
+                for name, change in changes:
+                    dt = self.refresh_once(system, mvs[system], change)
+                    if rnd:
+                        t[name].times.append(dt)
+        for system, mv in mvs.items():
             got = mv.local().read_all(fields=["id"]).num_rows
             assert got == self.src.num_rows(), f"{system}: MV has {got} rows, source {self.src.num_rows()}"
-            self.timings[system] = t
         self.tabulate([name for name, _ in changes])
 
     def tabulate(self, names: list[str]) -> None:
@@ -157,7 +165,7 @@ class ViewsBench:
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     args = p.parse_args()
-    rows, repeats = resolve_size(args, full_repeats=3, quick_repeats=2)
+    rows, repeats = resolve_size(args, full_repeats=5, quick_repeats=2)
     import ray
 
     ray.init(include_dashboard=False, log_to_driver=False)
