@@ -387,8 +387,11 @@ class RecordReader:
         if sum(map(len, vals)) != int(span.sum()):
             raise OSError(f"short read in {rels} (truncated record file?)")
         cut = np.flatnonzero(span != size)  # records with block headers inside
-        for p, o, s in zip(cut.tolist(), offset[cut].tolist(), size[cut].tolist(), strict=True):
-            vals[p] = _strip_headers(vals[p], o, s, o)
+        for p, o, s, k in zip(cut.tolist(), offset[cut].tolist(), size[cut].tolist(),
+                              (BLOCK - offset[cut] % BLOCK).tolist(), strict=True):
+            b = vals[p]
+            # One header (any record shorter than a block): cut it out in one go.
+            vals[p] = b[:k] + b[k + BLOCK_HEADER :] if len(b) == s + BLOCK_HEADER else _strip_headers(b, o, s, o)
         return vals
 
     def read_refs(self, refs: pa.Array, threads: int = 0) -> pa.Array:
