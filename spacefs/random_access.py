@@ -2,9 +2,10 @@
 
 ``RandomAccessDataSource`` pins a snapshot when it is built and keeps, per field, the
 row order of that snapshot's index together with the record references as numpy arrays.
-A batch of rows (``__getitems__``) is then one vectorized lookup plus the fewest
-``pread`` calls the records allow (``RecordReader.read_batch`` sorts them by file and
-offset and merges neighbours). The object pickles small and holds no open file across a
+A batch of rows (``__getitems__``) is then one vectorized lookup plus one copy per record
+out of a read-only memory map of its ArrayRecord file (records past ``MMAP_MAX``, or all
+of them with ``mmap=False``, go through ``RecordReader.read_batch``'s sorted, merged
+``pread`` calls). The object pickles small and holds no map or descriptor across a
 ``fork``, so DataLoader and Grain worker processes can use it as they receive it.
 """
 
