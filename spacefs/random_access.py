@@ -3,9 +3,9 @@
 ``RandomAccessDataSource`` pins a snapshot when it is built and keeps, per field, the
 row order of that snapshot's index together with the record references as numpy arrays.
 A batch of rows (``__getitems__``) is then one vectorized lookup plus one copy per record
-out of a read-only memory map of its ArrayRecord file (records past ``MMAP_MAX``, or all
-of them with ``mmap=False``, go through ``RecordReader.read_batch``'s sorted, merged
-``pread`` calls). The object pickles small and never uses a map or descriptor opened
+out of a read-only memory map of its ArrayRecord file (records past ``MMAP_MAX`` take one
+``pread`` each; with ``mmap=False`` all go through ``RecordReader.read_batch``'s sorted,
+merged ``pread`` calls). The object pickles small and never uses a map or descriptor opened
 before a ``fork``, so DataLoader and Grain worker processes use it as they receive it.
 """
 
