@@ -121,7 +121,7 @@ class RandomAccessDataSource:
     files (no syscall per record: about 3x cheaper than ``pread`` on page cache); larger
     ones are read with ``pread``. ``mmap=False`` reads everything with ``pread``, which
     can suit cold random reads of data far larger than memory (no fault read-around).
-    ``threads`` > 1 spreads large batches over threads.
+    With ``mmap=False``, ``threads`` > 1 spreads the reads of large batches over threads.
 
     With one field an item is that field's value; with several it is a dict. With
     ``deserialize=True`` record fields of a ``TfFeatures`` type come back as nested
