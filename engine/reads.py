@@ -92,15 +92,16 @@ def resolve_records(storage: Storage, t: pa.Table, reader: RecordReader) -> pa.T
     for name in t.column_names:
         col = t.column(name)
         if name in storage.record_fields:
-            arr = reader.scan_refs(col.combine_chunks())
-            ftype = storage.schema.field(name).type
-            if isinstance(ftype, pa.ExtensionType):
-                arr = pa.ExtensionArray.from_storage(ftype, arr.cast(ftype.storage_type))
-            elif arr.type != ftype:
-                arr = arr.cast(ftype)
-            col = arr
+            col = as_record_type(reader.scan_refs(col.combine_chunks()), storage.schema.field(name).type)
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=pa.schema([storage.schema.field(n) for n in t.column_names]))
+
+
+def as_record_type(arr: pa.Array, ftype: pa.DataType) -> pa.Array:
+    """Record bytes as the field's declared type (binary, large binary or an extension)."""
+    if isinstance(ftype, pa.ExtensionType):
+        return pa.ExtensionArray.from_storage(ftype, arr.cast(ftype.storage_type))
+    return arr if arr.type == ftype else arr.cast(ftype)
 
 
 def _rebatch(tables: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:

@@ -25,6 +25,7 @@ import pyarrow.dataset as pds
 
 from .errors import NotFoundError, UserInputError
 from .options import FileOptions
+from .reads import as_record_type
 from .records import REF_TYPE, RecordReader
 from .storage import Storage
 from .writes import FileWriter, key_mask
@@ -190,14 +191,8 @@ def resolve(table: pa.Table, roots: dict[str, str], schema: pa.Schema) -> pa.Tab
         col = table.column(name)
         f = table.schema.field(name)
         if name in todo:
-            arr = record_reader(roots[name]).scan_refs(col.combine_chunks())
             f = schema.field(name)
-            ftype = f.type
-            if isinstance(ftype, pa.ExtensionType):
-                arr = pa.ExtensionArray.from_storage(ftype, arr.cast(ftype.storage_type))
-            elif arr.type != ftype:
-                arr = arr.cast(ftype)
-            col = arr
+            col = as_record_type(record_reader(roots[name]).scan_refs(col.combine_chunks()), f.type)
         cols.append(col)
         fields.append(f)
     return pa.Table.from_arrays(cols, schema=pa.schema(fields))
