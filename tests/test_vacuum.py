@@ -11,10 +11,10 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
-from spacefs.engine.errors import UserInputError
-from spacefs.engine.vacuum import vacuum
 
 from spacefs import Dataset
+from spacefs.engine.errors import UserInputError
+from spacefs.engine.vacuum import vacuum
 
 SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.string()), ("blob", pa.binary())])
 
