@@ -236,6 +236,7 @@ class Result:
     ok: bool | None = None
     unit: str = "s"
     note: str = ""
+    samples: dict[str, list[float]] = field(default_factory=dict)  # every timed repeat, for the JSON
 
 
 def ratio(a: float | None, b: float | None) -> float:
