@@ -59,6 +59,7 @@ async def _signals(on_signal: Callable[[], None]) -> None:
 async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_recv, interval: float,
                  ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
         nursery.start_soon(_watch, tree, ops, interval, poke_recv)
         await nursery.start(control.serve, sock)
         nursery.start_soon(_signals, pyfuse3.terminate)

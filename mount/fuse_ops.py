@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,8 +34,9 @@ log = logging.getLogger("spacefs.mount")
 
 IMMUTABLE_TIMEOUT = 86400.0
 MUTABLE_TIMEOUT = 1.0
-READ_WINDOW_MIN = 256 << 10
-READ_WINDOW_MAX = 8 << 20
+CHUNK = 1 << 20  # disk reads in worker threads fetch aligned chunks of this size
+CHUNKS_KEPT = 6  # per open file: the chunks being read plus those fetched ahead
+PREFETCH = 2  # chunks fetched ahead of a sequential reader
 READDIR_BATCH = 512
 SMALL_FILE = 64 << 10  # read whole at open() when it needs no disk access
 
@@ -124,11 +126,10 @@ class _File:
     node: Node
     size: int
     data: bytes | None = None  # whole content, when it lives in memory
-    buf_start: int = 0
-    buf: bytes = b""
-    next_off: int = 0
-    window: int = READ_WINDOW_MIN
-    pending: dict[tuple[int, int], trio.Event] = field(default_factory=dict)
+    chunks: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    pending: dict[int, trio.Event] = field(default_factory=dict)
+    last_chunk: int = -1
+    closed: bool = False
 
 
 def _errors(fn: Callable) -> Callable:
@@ -178,6 +179,8 @@ class FuseOps(pyfuse3.Operations):
         self.uid = os.geteuid() if uid is None else uid
         self.gid = os.getegid() if gid is None else gid
         self._files: dict[int, _File] = {}
+        # Where read-ahead tasks run; set by the daemon (None: no read-ahead, as in tests).
+        self.nursery: trio.Nursery | None = None
         self._dirs: dict[int, tuple[Node, Sequence[tuple[str, Node]]]] = {}
         self._next_fh = 1
 
@@ -301,45 +304,68 @@ class FuseOps(pyfuse3.Operations):
         size = min(size, f.size - off)
         if f.data is not None:
             return f.data[off : off + size]
-        while True:
-            got = self._buffered(f, off, size)
-            if got is not None:
-                return got
-            waiting = next((ev for (s, e), ev in f.pending.items() if s <= off and off + size <= e), None)
-            if waiting is None:
-                break
-            await waiting.wait()
+        first, last = off // CHUNK, (off + size - 1) // CHUNK
+        if first == last and first in f.chunks:
+            self._ahead(f, first)
+            rel = off - first * CHUNK
+            return f.chunks[first][rel : rel + size]
         try:  # straight from the page cache, on the loop (RWF_NOWAIT: never waits for the disk)
-            data = self.tree.read(f.node, off, size, io=False)
-            f.next_off = off + len(data)
-            return data
+            return self.tree.read(f.node, off, size, io=False)
         except NeedsIO:
             pass
-        # Sequential readers get a growing read-ahead window, amortising the thread hop.
-        f.window = min(f.window * 2, READ_WINDOW_MAX) if off == f.next_off and off else READ_WINDOW_MIN
-        end = min(f.size, off + max(size, f.window))
-        ev = trio.Event()
-        f.pending[(off, end)] = ev
-        try:
-            data = await trio.to_thread.run_sync(self.tree.read, f.node, off, end - off, limiter=self.limiter)
-        finally:
-            f.pending.pop((off, end), None)
-            ev.set()
-        f.buf_start, f.buf = off, data
-        f.next_off = off + len(data)
-        return data[:size]
+        self._ahead(f, last)
+        parts = [await self._chunk(f, k) for k in range(first, last + 1)]
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        rel = off - first * CHUNK
+        return data[rel : rel + size]
 
-    @staticmethod
-    def _buffered(f: _File, off: int, size: int) -> bytes | None:
-        rel = off - f.buf_start
-        if 0 <= rel and rel + size <= len(f.buf):
-            if off + size == f.buf_start + len(f.buf):
-                f.next_off = off + size
-            return f.buf[rel : rel + size]
-        return None
+    def _ahead(self, f: _File, k: int) -> None:
+        """A reader moving forward through chunk ``k``: fetch the next chunks in the
+        background so disk reads overlap with serving this one."""
+        sequential = k in (0, f.last_chunk, f.last_chunk + 1)
+        if k != f.last_chunk and sequential and self.nursery is not None:
+            for j in range(k + 1, min(k + 1 + PREFETCH, (f.size + CHUNK - 1) // CHUNK)):
+                if j not in f.chunks and j not in f.pending:
+                    self.nursery.start_soon(self._prefetch, f, j)
+        f.last_chunk = k
+
+    async def _prefetch(self, f: _File, k: int) -> None:
+        if f.closed:
+            return
+        try:
+            await self._chunk(f, k)
+        except Exception as e:  # the reader will ask again and get the error itself
+            log.debug("prefetch of chunk %d failed: %s", k, e)
+
+    async def _chunk(self, f: _File, k: int) -> bytes:
+        """Aligned chunk ``k`` of an open file, read once in a worker thread however many
+        concurrent requests (the kernel's read-ahead) fall into it."""
+        while True:
+            data = f.chunks.get(k)
+            if data is not None:
+                f.chunks.move_to_end(k)
+                return data
+            ev = f.pending.get(k)
+            if ev is None:
+                break
+            await ev.wait()
+        ev = f.pending[k] = trio.Event()
+        try:
+            start = k * CHUNK
+            data = await trio.to_thread.run_sync(self.tree.read, f.node, start, min(CHUNK, f.size - start),
+                                                 limiter=self.limiter)
+            f.chunks[k] = data
+            while len(f.chunks) > CHUNKS_KEPT:
+                f.chunks.popitem(last=False)
+        finally:
+            del f.pending[k]
+            ev.set()
+        return data
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        f = self._files.pop(fh, None)
+        if f is not None:
+            f.closed = True
 
     # ENOSYS makes the kernel stop sending these at all: a close then costs no round
     # trip for flush, and xattr probes (ls -l, cp -a) none for getxattr.

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.types as pat
 
 from spacefs.engine.dataset import Dataset
@@ -73,6 +74,24 @@ def format_value(value: Any, typ: pa.DataType) -> bytes:
     return str(value).encode() + b"\n"
 
 
+_NEEDS_ENCODING = r"[/%,\x00-\x1f\x7f]|^\.|^$"
+
+
+def _encoded(col: pa.ChunkedArray) -> list[str]:
+    """Key values as path components (``encode_component``), vectorised for the common
+    cases: integers never need encoding, most strings do not."""
+    typ = col.type
+    if col.null_count == 0 and pat.is_integer(typ):
+        return pc.cast(col, pa.string()).to_pylist()
+    if col.null_count == 0 and (pat.is_string(typ) or pat.is_large_string(typ)):
+        values = col.to_pylist()
+        bad = pc.match_substring_regex(col, _NEEDS_ENCODING)
+        if not pc.any(bad).as_py():
+            return values
+        return [encode_component(v) if b else v for v, b in zip(values, bad.to_pylist(), strict=True)]
+    return [encode_component(v) for v in col.to_pylist()]
+
+
 class FilesIndex:
     """The ``files/`` tree of a file layout: directories, and a row per file path."""
 
@@ -118,7 +137,7 @@ class SnapshotView:
         }
         self._table: pa.Table | None = None
         self._names: list[str] | None = None
-        self._rows: list[int] | None = None
+        self._rows: Sequence[int] | None = None
         self._by_name: dict[str, int] | None = None
         self._refs: dict[str, _Refs] = {}
         self._cols: dict[str, pa.Array] = {}
@@ -136,23 +155,22 @@ class SnapshotView:
         runner = Dataset(self.storage).local()
         t = runner.read_all(version=self.sid, reference_read=True)
         t = t.combine_chunks()
-        keys = self.storage.primary_keys
-        key_cols = [t.column(k).to_pylist() for k in keys]
-        names: list[str] = []
-        rows: list[int] = []
-        by_name: dict[str, int] = {}
-        dups = 0
-        for i, vals in enumerate(zip(*key_cols, strict=True)):
-            name = ",".join(encode_component(v) for v in vals)
-            if name in by_name:
-                dups += 1  # appends do not check keys: the first row keeps the name
-                continue
-            by_name[name] = i
-            names.append(name)
-            rows.append(i)
-        if dups:
+        parts = [_encoded(t.column(k)) for k in self.storage.primary_keys]
+        all_names = parts[0] if len(parts) == 1 else [",".join(v) for v in zip(*parts, strict=True)]
+        by_name = dict(zip(all_names, range(len(all_names)), strict=True))
+        names: list[str]
+        rows: Sequence[int]
+        if len(by_name) == len(all_names):
+            names, rows = all_names, range(len(all_names))
+        else:  # appends do not check keys: the first row with a name keeps it
+            by_name, names, rows = {}, [], []
+            for i, name in enumerate(all_names):
+                if name not in by_name:
+                    by_name[name] = i
+                    names.append(name)
+                    rows.append(i)
             log.warning("%s@%d: %d rows repeat a primary key; rows/ shows the first of each",
-                        self.storage.name, self.sid, dups)
+                        self.storage.name, self.sid, len(all_names) - len(names))
         for f in self.record_fields:
             self._refs[f] = _Refs(t.column(f))
         self._table = t

@@ -320,3 +320,34 @@ def test_kernel_notifier_tolerates_unknown_entries(monkeypatch):
     n.invalidate_entry(5, b"x")
     n.invalidate_inode(5)
     assert len(calls) == 2
+
+
+def test_sequential_reads_fetch_ahead(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("blob", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "big"), schema, ["id"], ["blob"])
+    big = os.urandom(6 * fuse_ops.CHUNK + 99)
+    ds.local().append({"id": [1], "blob": [big]})
+    ops = FuseOps(Tree(ds.location))
+
+    def never_cached(node, off, size, io=True, real=ops.tree.read):
+        if not io:
+            raise NeedsIO  # force the worker-thread path, as after a cold start
+        return real(node, off, size, io=True)
+
+    ops.tree.read = never_cached
+
+    async def main():
+        async with trio.open_nursery() as n:
+            ops.nursery = n
+            a = await walk(ops, "versions/1/rows/1/blob")
+            fi = await ops.open(a.st_ino, os.O_RDONLY)
+            out = bytearray()
+            while chunk := await ops.read(fi.fh, len(out), 128 * 1024):
+                out += chunk
+                await trio.sleep(0)
+            assert bytes(out) == big
+            f = ops._files[fi.fh]
+            assert f.last_chunk == 6
+            await ops.release(fi.fh)
+
+    trio.run(main)

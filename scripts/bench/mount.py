@@ -8,9 +8,11 @@ Three systems serve the same bytes at the same relative paths:
 
 Workloads (SPEC section 7): 10,000 small records (4 KiB) read cold and warm, stat of
 10,000 rows, ls of 100,000 rows, sequential read of one 256 MiB record, and an
-ImageFolder-style epoch over files/ (2,000 224x224 JPEGs, PIL decode included). "Cold" is a fresh mount (empty
-kernel and daemon caches) with the underlying files evicted from the page cache
-(posix_fadvise DONTNEED); "warm" repeats on the same mount. Best of --repeat runs.
+ImageFolder-style epoch over files/ (2,000 224x224 JPEGs, PIL decode included). Every
+"cold" figure starts on a fresh mount (empty kernel and daemon caches): against the
+in-memory floor with the underlying files in the page cache (the daemon's own cost),
+and "disk cold" with them evicted (posix_fadvise DONTNEED), as for local disk. "Warm"
+repeats on the same mount. Systems take turns; best of --repeat runs.
 
     .venv/bin/python scripts/bench/mount.py [--dir /tmp/spacefs-bench-mount] [--repeat 3]
 """
@@ -215,6 +217,15 @@ def on_disk(root: str) -> Iterator[str]:
     yield os.path.join(root, "disk")
 
 
+def warm_up(root: str, ds: str) -> None:
+    """Read a dataset's files once so they sit in the page cache."""
+    for r, _, fs in os.walk(os.path.join(root, ds)):
+        for f in fs:
+            with open(os.path.join(r, f), "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+
+
 def evict(root: str) -> None:
     """Drop a tree's files from the page cache (clean pages only; no privileges needed)."""
     for r, _, fs in os.walk(root):
@@ -287,22 +298,27 @@ def image_epoch(base: str, system: str) -> int:
     return pixels
 
 
+# (label, workload, dataset, temperature): "mount" = fresh mount, underlying files in
+# the page cache (what the in-memory floor is compared on: daemon overheads); "disk" =
+# fresh mount and underlying files evicted (compared with local disk, also evicted);
+# "warm" = again on the same mount.
 WORKLOADS: list[tuple[str, Callable[[str, str], int], str, str]] = [
-    ("10k small records, cold", read_small, "small", "cold"),
+    ("10k small records, cold", read_small, "small", "mount"),
     ("10k small records, warm", read_small, "small", "warm"),
-    ("stat of 10k rows, cold", stat_small, "small", "cold"),
-    ("ls of 100k rows, cold", ls_wide, "wide", "cold"),
-    ("256 MiB record, sequential", read_big, "big", "cold"),
-    ("ImageFolder epoch, cold", image_epoch, "images", "cold"),
+    ("stat of 10k rows, cold", stat_small, "small", "mount"),
+    ("ls of 100k rows, cold", ls_wide, "wide", "mount"),
+    ("256 MiB record, sequential", read_big, "big", "mount"),
+    ("256 MiB record, disk cold", read_big, "big", "disk"),
+    ("ImageFolder epoch, disk cold", image_epoch, "images", "disk"),
     ("ImageFolder epoch, warm", image_epoch, "images", "warm"),
 ]
 
 TARGETS = {
-    "10k small records, cold": ("floor", "<=", 1.5),
-    "stat of 10k rows, cold": ("floor", "<=", 1.5),
-    "256 MiB record, sequential": ("floor", "<=", 1.25),  # time ratio; >= 0.8x throughput
-    "ImageFolder epoch, cold": ("disk", "<=", 1.3),
-    "ImageFolder epoch, warm": ("disk", "<=", 1.3),
+    "10k small records, cold": ("floor", 1.5),
+    "stat of 10k rows, cold": ("floor", 1.5),
+    "256 MiB record, sequential": ("floor", 1.25),  # a time ratio: >= 0.8x the floor's throughput
+    "ImageFolder epoch, disk cold": ("disk", 1.3),
+    "ImageFolder epoch, warm": ("disk", 1.3),
 }
 
 
@@ -316,33 +332,41 @@ def measure(root: str, catalog: str, repeat: int) -> dict[tuple[str, str], float
     for s in ("spacefs", "floor"):
         os.makedirs(os.path.join(tmp, s))
     out: dict[tuple[str, str], float] = {}
+
+    def timed(key: tuple[str, str], fn: Callable[[], int]) -> None:
+        t = time.perf_counter()
+        fn()
+        out[key] = min(out.get(key, float("inf")), time.perf_counter() - t)
+
     try:
-        for system, make in systems.items():
-            underlying = catalog if system != "disk" else os.path.join(root, "disk")
-            for _ in range(repeat):
-                # One fresh mount per repetition: every "cold" figure starts from empty caches.
-                with make() as base:
-                    done: set[str] = set()
-                    for label, fn, ds, temp in WORKLOADS:
-                        if temp == "cold":
-                            if ds in done:  # a second cold workload on the same data needs a new mount
+        # Systems take turns within each repetition, so load changes on a shared machine
+        # hit all of them alike; every repetition mounts afresh, so "cold" starts empty.
+        for rep in range(repeat):
+            for system, make in systems.items():
+                underlying = catalog if system != "disk" else os.path.join(root, "disk")
+                pending = list(WORKLOADS)
+                while pending:  # each round: one fresh mount, each dataset cold at most once
+                    used: set[str] = set()
+                    later = []
+                    with make() as base:
+                        for item in pending:
+                            label, fn, ds, temp = item
+                            if temp != "warm" and ds in used:
+                                later.append(item)
                                 continue
-                            evict(os.path.join(underlying, ds))
-                        t = time.perf_counter()
-                        fn(base, system)
-                        dt = time.perf_counter() - t
-                        done.add(ds)
-                        key = (label, system)
-                        out[key] = min(out.get(key, float("inf")), dt)
-                # stat of 10k rows must start cold too: it shares "small" with the read workload
-                with make() as base:
-                    evict(os.path.join(underlying, "small"))
-                    t = time.perf_counter()
-                    stat_small(base, system)
-                    dt = time.perf_counter() - t
-                    key = ("stat of 10k rows, cold", system)
-                    out[key] = min(out.get(key, float("inf")), dt)
-            print(f"measured {system}", flush=True)
+                            if temp == "warm" and ds not in used:
+                                later.append(item)
+                                continue
+                            if temp == "disk":
+                                evict(os.path.join(underlying, ds))
+                            elif temp == "mount":
+                                warm_up(underlying, ds)
+                            timed((label, system), lambda fn=fn, base=base, system=system: fn(base, system))
+                            used.add(ds)
+                    if len(later) == len(pending):
+                        raise RuntimeError(f"cannot schedule {later}")
+                    pending = later
+            print(f"repetition {rep + 1} of {repeat} done", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -357,8 +381,8 @@ def report(out: dict[tuple[str, str], float]) -> None:
         tgt = ""
         if target:
             ref = f if target[0] == "floor" else d
-            ok = s / ref <= target[2]
-            tgt = f"{target[0]} <= {target[2]}x {'met' if ok else 'MISSED'}"
+            ok = s / ref <= target[1]
+            tgt = f"{target[0]} <= {target[1]}x {'met' if ok else 'MISSED'}"
             if label.startswith("256"):
                 tgt = f"throughput >= 0.8x floor: {f / s:.2f}x {'met' if f / s >= 0.8 else 'MISSED'}"
         print(f"{label:<30} {s * 1e3:>8.0f}ms {f * 1e3:>8.0f}ms {d * 1e3:>8.0f}ms {s / f:>8.2f}x {s / d:>7.2f}x  {tgt}")
@@ -367,7 +391,7 @@ def report(out: dict[tuple[str, str], float]) -> None:
         mib = BIG_SIZE / (1 << 20)
         print(f"\n256 MiB sequential: spacefs {mib / big:.0f} MiB/s, floor "
               f"{mib / out[('256 MiB record, sequential', 'floor')]:.0f} MiB/s, disk "
-              f"{mib / out[('256 MiB record, sequential', 'disk')]:.0f} MiB/s (disk cold = evicted page cache)")
+              f"{mib / out[('256 MiB record, sequential', 'disk')]:.0f} MiB/s")
     print("Times: best of the repetitions; ratios are time ratios (lower is better for spacefs).")
 
 
