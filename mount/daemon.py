@@ -73,6 +73,9 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, ready: Calla
     """Mount ``source`` (a catalog or dataset directory) at ``mountpoint`` until unmounted."""
     ready = ready or (lambda msg: None)
     mountpoint = os.path.abspath(mountpoint)
+    import pyarrow.dataset  # noqa: F401 - imported now, not on the first directory listing
+    import pyarrow.parquet  # noqa: F401
+
     tree = Tree(source)
     ops = FuseOps(tree, KernelNotifier())
     poke_send, poke_recv = trio.open_memory_channel(1)

@@ -221,17 +221,28 @@ class FuseOps(pyfuse3.Operations):
         return fh
 
     # -- lookups and attributes ------------------------------------------------
+    def _lookup(self, parent: Node, name: str, io: bool) -> tuple[Node, Attr]:
+        child = self.tree.lookup(parent, name, io=io)
+        return child, self.tree.attrs(child, io=io)
+
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         parent = self.inodes.node(parent_inode)
-        child = await self._ask(self.tree.lookup, parent, os.fsdecode(name))
-        a = await self._ask(self.tree.attrs, child)
+        try:  # the hot path of every path walk: no extra coroutine, no thread
+            child, a = self._lookup(parent, os.fsdecode(name), False)
+        except NeedsIO:
+            child, a = await trio.to_thread.run_sync(self._lookup, parent, os.fsdecode(name), True,
+                                                     limiter=self.limiter)
         return self._entry(self.inodes.remember(child), a)
 
     @_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self.inodes.node(inode)
-        return self._entry(inode, await self._ask(self.tree.attrs, node))
+        try:
+            a = self.tree.attrs(node, io=False)
+        except NeedsIO:
+            a = await trio.to_thread.run_sync(functools.partial(self.tree.attrs, node, io=True), limiter=self.limiter)
+        return self._entry(inode, a)
 
     @_errors
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:

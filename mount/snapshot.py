@@ -38,8 +38,10 @@ class _Refs:
     def __init__(self, col: pa.ChunkedArray):
         arr = col.combine_chunks()
         n = len(arr)
-        self.valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, bool)
-        self.size = arr.field("size").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        # Plain lists: indexing one is several times cheaper than a numpy scalar access,
+        # and stat/lookup index them once per request.
+        self.valid: list[bool] = arr.is_valid().to_pylist() if arr.null_count else [True] * n
+        self.size: list[int] = arr.field("size").fill_null(0).to_pylist()
         self.offset = arr.field("offset").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         self.pos = arr.field("pos").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         # Most rows share a few record files: intern the names.
@@ -129,7 +131,9 @@ class SnapshotView:
         self.sid = sid
         self.layout = layout
         self.schema = storage.schema
-        self.record_fields = set(storage.record_fields)
+        self.field_names: list[str] = list(storage.schema.names)  # (Schema.names builds a new list per call)
+        self._field_set = frozenset(self.field_names)
+        self.record_fields = frozenset(storage.record_fields)
         entries = storage.index_entries(sid)
         # index/: the snapshot's Parquet files under their basenames.
         self.index_files: dict[str, tuple[str, int]] = {
@@ -192,17 +196,13 @@ class SnapshotView:
     # -- fields ----------------------------------------------------------------
     def fields_of(self, row: int) -> list[str]:
         """Field files of a row, in schema order; null values have no file."""
-        out = []
-        for f in self.schema.names:
-            if self.has_field(row, f):
-                out.append(f)
-        return out
+        return [f for f in self.field_names if self.has_field(row, f)]
 
     def has_field(self, row: int, field: str) -> bool:
-        if field not in self.schema.names:
-            return False
         if field in self.record_fields:
-            return bool(self._refs[field].valid[row])
+            return self._refs[field].valid[row]
+        if field not in self._field_set:
+            return False
         return self._column(field)[row].is_valid
 
     def _column(self, field: str) -> pa.Array:
@@ -222,7 +222,7 @@ class SnapshotView:
 
     def size(self, row: int, field: str) -> int:
         if field in self.record_fields:
-            return int(self._refs[field].size[row])
+            return self._refs[field].size[row]
         return len(self.value_bytes(row, field))
 
     def read_record(self, files: RecordFiles, reader: RecordReader, row: int, field: str, start: int,
@@ -231,7 +231,7 @@ class SnapshotView:
         With ``io=False`` only from the page cache, and None if that would block."""
         r = self._refs[field]
         rel = r.file_names[r.file_idx[row]]
-        size, off = int(r.size[row]), int(r.offset[row])
+        size, off = r.size[row], int(r.offset[row])
         if off >= 0:
             fd = files.open(rel) if io else files.get(rel)
             if fd is not None:

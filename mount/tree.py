@@ -357,9 +357,7 @@ class Tree:
             return Attr(LINK, len(self.readlink(node, io)), st.head_ns, False)
         t = self._snap_ns(st, node.sid, io)
         if k in (VER, INDEX, ROWS, ROW, FILES):
-            if k == ROW:
-                self.view(node.ds, node.sid, io, rows=True)
-            elif k == FILES:
+            if k == FILES:  # (a ROW node only comes from a loaded view: nothing to check)
                 self.view(node.ds, node.sid, io, files=True, gen=node.gen)
             return Attr(DIR, 0, t, True)
         return Attr(REG, self.size(node, io), t, True)
