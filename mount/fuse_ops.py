@@ -275,9 +275,14 @@ class FuseOps(pyfuse3.Operations):
             except NeedsIO:
                 attrs = await trio.to_thread.run_sync(
                     lambda b=batch: [self.tree.attrs(c, io=True) for _, c in b], limiter=self.limiter)
+            prev, entry = None, None
             for (name, child), a in zip(batch, attrs, strict=True):
                 ino = self.inodes.ino(child)
-                if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(ino, a), i + 1):
+                if a is prev:  # readdir_reply copies the attributes: reuse the object
+                    entry.st_ino = ino
+                else:
+                    prev, entry = a, self._entry(ino, a)
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), entry, i + 1):
                     self.inodes.release_unused(ino)
                     return
                 self.inodes.remember(child)

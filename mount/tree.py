@@ -87,6 +87,7 @@ class _DsState:
     files: RecordFiles
     layout_gen: int = 0
     snap_ns: dict[int, int] = field(default_factory=dict)
+    dir_attrs: dict[int, Attr] = field(default_factory=dict)
 
     @property
     def layout(self) -> dict[str, str] | None:
@@ -355,12 +356,14 @@ class Tree:
             return Attr(DIR, 0, st.head_ns, False)
         if k in _LINKS:
             return Attr(LINK, len(self.readlink(node, io)), st.head_ns, False)
-        t = self._snap_ns(st, node.sid, io)
         if k in (VER, INDEX, ROWS, ROW, FILES):
             if k == FILES:  # (a ROW node only comes from a loaded view: nothing to check)
                 self.view(node.ds, node.sid, io, files=True, gen=node.gen)
-            return Attr(DIR, 0, t, True)
-        return Attr(REG, self.size(node, io), t, True)
+            a = st.dir_attrs.get(node.sid)
+            if a is None:  # one shared object: listings reuse what they built for the last entry
+                a = st.dir_attrs[node.sid] = Attr(DIR, 0, self._snap_ns(st, node.sid, io), True)
+            return a
+        return Attr(REG, self.size(node, io), self._snap_ns(st, node.sid, io), True)
 
     def size(self, node: Node, io: bool = True) -> int:
         k = node.kind
