@@ -288,10 +288,11 @@ class Storage:
     def _snapshot_doc(self, sid: int, base: int, branch: str, op: str, p: Plan) -> tuple[dict[str, Any], list[str]]:
         base_snap = self.snapshot(base)
         added = [{**a, "snapshot_id": sid} for a in p.added]
-        delta = self.manifests.write(added + [removal(r) for r in p.removed])
+        removed = p.removed + self._orphaned_records(base, p)
+        delta = self.manifests.write(added + [removal(r) for r in removed])
         manifests, created = self.manifests.append(base_snap["manifests"], delta)
         stats = dict(base_snap["stats"])
-        for sign, rows in ((1, added), (-1, p.removed)):
+        for sign, rows in ((1, added), (-1, removed)):
             for r in rows:
                 if r["kind"] == INDEX:
                     stats["rows"] += sign * r["rows"]
@@ -302,6 +303,27 @@ class Storage:
         snap = {"id": sid, "parent": base, "branch": branch, "time": now(), "op": op, "manifests": manifests,
                 "delta": delta["path"], "deleted": p.deleted, "stats": stats}
         return snap, [delta["path"], *created]
+
+    def _orphaned_records(self, base: int, p: Plan) -> list[dict[str, Any]]:
+        """Record files that no index file references once ``p`` applies.
+
+        They leave the snapshot's file list (older snapshots keep them), so manifests
+        follow the live data instead of every record file ever written.
+        """
+        gone = {f for r in p.removed if r["kind"] == INDEX for f in (r.get("record_files") or ())}
+        gone -= {f for a in p.added if a["kind"] == INDEX for f in (a.get("record_files") or ())}
+        if not gone:
+            return []
+        live = self.live_files(base)
+        removed_paths = pa.array([r["path"] for r in p.removed], pa.string())
+        still = live.filter(pc.and_(pc.equal(live.column("kind"), INDEX),
+                                    pc.invert(pc.is_in(live.column("path"), value_set=removed_paths))))
+        gone -= set(pc.unique(pc.list_flatten(still.column("record_files"))).to_pylist())
+        if not gone:
+            return []
+        rec = live.filter(pc.and_(pc.equal(live.column("kind"), RECORD),
+                                  pc.is_in(live.column("path"), value_set=pa.array(sorted(gone), pa.string()))))
+        return rec.to_pylist()
 
     # -- inspection ------------------------------------------------------------
     def index_manifest(self, filter_: Filter = None, version: Version = None) -> pa.Table:

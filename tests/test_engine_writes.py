@@ -180,3 +180,15 @@ def test_large_and_null_records(tmp_path):
     ds.local().append({"k": ["a", "b", "c"], "blob": [big, None, b""]})
     t = ds.local().read_all().sort_by("k")
     assert t.column("blob").to_pylist() == [big, None, b""]
+
+
+def test_replaced_records_leave_the_file_list(ds):
+    r = ds.local()
+    r.append(rows(range(10)))
+    for i in range(40):
+        r.upsert(rows([100], tag=f"v{i}"))
+    assert ds.storage.record_manifest().num_rows == 2  # the first append's file + the newest
+    live = ds.storage.live_files(ds.snapshot_id())
+    assert live.num_rows == 4  # two index files, two record files: history is not in the list
+    assert ds.local().read_all(version=5, filter_="id = 100").column("feature").to_pylist() == [b"data100v3"]
+    assert ds.storage.snapshot(ds.snapshot_id())["stats"]["record_bytes"] == 2 * 131072  # two small ArrayRecord files
