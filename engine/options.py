@@ -18,7 +18,7 @@ class FileOptions:
 
     max_index_rows: int = 1_000_000
     record_options: str = ""
-    parquet_compression: str = "zstd"
+    parquet_compression: str = "lz4"
     sync: bool = False
 
 

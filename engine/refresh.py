@@ -162,7 +162,8 @@ def _removals(st: Any, file_options: FileOptions | None, base: int, deletes: lis
             remover.remove(base, None, lambda t: np.ones(t.num_rows, dtype=bool), p)
         elif deletes:
             prune = functools.reduce(lambda a, e: a | e, [key_filter(d) for d in deletes])
-            remover.remove(base, prune, lambda t: _any_key(t, deletes), p)
+            cols = sorted({c for d in deletes for c in d.column_names} | set(st.primary_keys))
+            remover.remove(base, prune, lambda t: _any_key(t, deletes), p, mask_columns=cols)
     except BaseException:
         writer.cleanup()
         _cleanup(st, p.temp_files)
