@@ -126,7 +126,7 @@ class _File:
     node: Node
     size: int
     data: bytes | None = None  # whole content, when it lives in memory
-    chunks: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    chunks: OrderedDict[int, memoryview] = field(default_factory=OrderedDict)
     pending: dict[int, trio.Event] = field(default_factory=dict)
     last_chunk: int = -1
     closed: bool = False
@@ -302,11 +302,11 @@ class FuseOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         a = await self._ask(self.tree.attrs, node)
         f = _File(node, a.size)
-        if a.size <= SMALL_FILE:
-            try:  # in memory (index values, schema.json) or in the page cache
-                f.data = self.tree.read(node, 0, a.size, io=False)
-            except NeedsIO:
-                pass
+        try:
+            if a.size <= SMALL_FILE and not self.tree.on_disk(node):
+                f.data = self.tree.read(node, 0, a.size, io=False)  # index values, schema.json
+        except NeedsIO:  # its snapshot view was just evicted: read() will reload it
+            pass
         fh = self._fh()
         self._files[fh] = f
         # Snapshot files never change: keep their pages across opens.
@@ -321,17 +321,24 @@ class FuseOps(pyfuse3.Operations):
         if f.data is not None:
             return f.data[off : off + size]
         first, last = off // CHUNK, (off + size - 1) // CHUNK
-        if first == last and first in f.chunks:
-            self._ahead(f, first)
-            rel = off - first * CHUNK
-            return f.chunks[first][rel : rel + size]
-        try:  # straight from the page cache, on the loop (RWF_NOWAIT: never waits for the disk)
-            return self.tree.read(f.node, off, size, io=False)
-        except NeedsIO:
-            pass
+        if first == last:
+            chunk = f.chunks.get(first)
+            if chunk is None and first not in f.pending:
+                start = first * CHUNK
+                try:  # the whole chunk straight from the page cache, on the loop (RWF_NOWAIT)
+                    chunk = memoryview(self.tree.read(f.node, start, min(CHUNK, f.size - start), io=False))
+                    f.chunks[first] = chunk
+                    while len(f.chunks) > CHUNKS_KEPT:
+                        f.chunks.popitem(last=False)
+                except NeedsIO:
+                    pass
+            if chunk is not None:
+                self._ahead(f, first)
+                rel = off - first * CHUNK
+                return chunk[rel : rel + size]
         self._ahead(f, last)
         parts = [await self._chunk(f, k) for k in range(first, last + 1)]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        data = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
         rel = off - first * CHUNK
         return data[rel : rel + size]
 
@@ -353,7 +360,7 @@ class FuseOps(pyfuse3.Operations):
         except Exception as e:  # the reader will ask again and get the error itself
             log.debug("prefetch of chunk %d failed: %s", k, e)
 
-    async def _chunk(self, f: _File, k: int) -> bytes:
+    async def _chunk(self, f: _File, k: int) -> memoryview:
         """Aligned chunk ``k`` of an open file, read once in a worker thread however many
         concurrent requests (the kernel's read-ahead) fall into it."""
         while True:
@@ -368,8 +375,8 @@ class FuseOps(pyfuse3.Operations):
         ev = f.pending[k] = trio.Event()
         try:
             start = k * CHUNK
-            data = await trio.to_thread.run_sync(self.tree.read, f.node, start, min(CHUNK, f.size - start),
-                                                 limiter=self.limiter)
+            data = memoryview(await trio.to_thread.run_sync(self.tree.read, f.node, start, min(CHUNK, f.size - start),
+                                                            limiter=self.limiter))
             f.chunks[k] = data
             while len(f.chunks) > CHUNKS_KEPT:
                 f.chunks.popitem(last=False)

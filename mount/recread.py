@@ -28,11 +28,11 @@ def _logical(physical: int) -> int:
     return block * USABLE + max(within - BLOCK_HEADER, 0)
 
 
-def read_range(fd: int, record_offset: int, start: int, length: int, nowait: bool = False) -> bytes | None:
+def read_range(fd: int, record_offset: int, start: int, length: int, nowait: bool = False) -> bytearray | None:
     """Bytes ``[start, start+length)`` of the record at physical ``record_offset``;
     None when ``nowait`` and the bytes are not all in the page cache."""
     if length <= 0:
-        return b""
+        return bytearray()
     if nowait and not _NOWAIT:
         return None
     pos = _phys(_logical(record_offset) + start)
@@ -62,7 +62,7 @@ def read_range(fd: int, record_offset: int, start: int, length: int, nowait: boo
         if nowait and got + n < want:
             return None  # partly cached: let a worker thread read it whole
         got += n
-    return bytes(out)
+    return out  # no copy: callers hand out memoryview slices of it
 
 
 def _skip(iov: list, n: int) -> list:

@@ -393,6 +393,18 @@ class Tree:
         return self.view(node.ds, node.sid, io, gen=node.gen).schema_json()
 
     # -- reading ---------------------------------------------------------------
+    def on_disk(self, node: Node) -> bool:
+        """Whether reading file ``node`` reads a data file (else its bytes are in memory).
+        Asked after ``attrs``, so the node's view is loaded."""
+        if node.kind == SCHEMA:
+            return False
+        if node.kind == FIELD:
+            return self.view(node.ds, node.sid, False, rows=True).is_record(node.name)
+        if node.kind == FILE:
+            v = self.view(node.ds, node.sid, False, files=True, gen=node.gen)
+            return v.is_record(v.layout["content"])
+        return True
+
     def read(self, node: Node, offset: int, size: int, io: bool = True) -> bytes:
         """Up to ``size`` bytes at ``offset`` of file ``node``."""
         k = node.kind
