@@ -332,8 +332,8 @@ class FuseOps(pyfuse3.Operations):
                         f.chunks.popitem(last=False)
                 except NeedsIO:
                     pass
-            if chunk is not None:
-                self._ahead(f, first)
+            if chunk is not None:  # (no read-ahead: the page cache is serving this file)
+                f.last_chunk = first
                 rel = off - first * CHUNK
                 return chunk[rel : rel + size]
         self._ahead(f, last)

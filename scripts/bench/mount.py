@@ -177,7 +177,7 @@ def serve_floor(catalog: str, mountpoint: str) -> None:
         async def read(self, fh, off, size):
             return data[fh][off : off + size]
 
-    pyfuse3.init(Floor(), mountpoint, {"fsname=floor", "subtype=floor", "ro", "auto_unmount"})
+    pyfuse3.init(Floor(), mountpoint, {"fsname=floor", "subtype=floor", "ro", "auto_unmount", "default_permissions"})
     print("ok", flush=True)
     try:
         trio.run(pyfuse3.main)
