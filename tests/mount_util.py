@@ -79,6 +79,8 @@ def mounted(source: str, mnt: str, **kwargs) -> Iterator[launch.MountInfo]:
     with launch.mounted(source, mnt, **kwargs) as info:
         yield info
     assert not launch._alive(info.pid), "the daemon outlived its mount"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(info.log)  # kept when a test fails, for the post-mortem
 
 
 def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
