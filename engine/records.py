@@ -497,28 +497,39 @@ _SCRATCH = bytearray(BLOCK_HEADER)
 _IOV_MAX = 1000
 
 
+def gather_iovecs(out: memoryview, pos: int, scratch: memoryview, max_iov: int = 0) -> tuple[list[memoryview], int]:
+    """The ``preadv`` buffers that fill ``out`` from physical position ``pos`` on: pieces
+    of ``out`` between block headers, each header steered into ``scratch``.
+
+    Stops after ``max_iov`` buffers when given; returns (buffers, physical end).
+    """
+    n = len(out)
+    iov: list[memoryview] = []
+    done = 0
+    while done < n and (not max_iov or len(iov) < max_iov):
+        take = min(n - done, BLOCK - pos % BLOCK)
+        iov.append(out[done : done + take])
+        done += take
+        pos += take
+        if done < n:
+            iov.append(scratch)
+            pos += BLOCK_HEADER
+    return iov, pos
+
+
 def _read_logical_into(fd: int, logical: int, out: memoryview) -> None:
     """Fill ``out`` with the logical bytes starting at ``logical``: one ``preadv`` per
     ~32 MiB, block headers read into a scratch buffer instead of being copied out."""
-    n = len(out)
     pos = _phys(logical)
-    done = 0
     scratch = memoryview(bytearray(BLOCK_HEADER))
-    while done < n:
-        iov: list[memoryview] = []
-        start = pos
-        while done < n and len(iov) < _IOV_MAX:
-            take = min(n - done, BLOCK - pos % BLOCK)
-            iov.append(out[done : done + take])
-            done += take
-            pos += take
-            if done < n:
-                iov.append(scratch)
-                pos += BLOCK_HEADER
-        want = pos - start
-        got = os.preadv(fd, iov, start)
-        if got != want:
-            raise OSError(f"short read: {got} of {want} bytes at {start}")
+    while len(out):
+        iov, end = gather_iovecs(out, pos, scratch, _IOV_MAX)
+        got = os.preadv(fd, iov, pos)
+        if got != end - pos:
+            raise OSError(f"short read: {got} of {end - pos} bytes at {pos}")
+        filled = sum(len(b) for b in iov if b is not scratch)
+        out = out[filled:]
+        pos = end
 
 
 def iter_file_records(path: str) -> Iterable[bytes]:

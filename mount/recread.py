@@ -13,19 +13,10 @@ from __future__ import annotations
 import os
 import threading
 
-from spacefs.engine.records import BLOCK, BLOCK_HEADER, USABLE
+from spacefs.engine.records import BLOCK_HEADER, _logical, _phys, gather_iovecs
 
 INLINE_MAX = 1 << 20  # longest read tried on the event loop
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
-
-
-def _phys(logical: int) -> int:
-    return logical + BLOCK_HEADER * (logical // USABLE + 1)
-
-
-def _logical(physical: int) -> int:
-    block, within = divmod(physical, BLOCK)
-    return block * USABLE + max(within - BLOCK_HEADER, 0)
 
 
 def read_range(fd: int, record_offset: int, start: int, length: int, nowait: bool = False) -> bytearray | None:
@@ -37,19 +28,8 @@ def read_range(fd: int, record_offset: int, start: int, length: int, nowait: boo
         return None
     pos = _phys(_logical(record_offset) + start)
     out = bytearray(length)
-    view = memoryview(out)
-    scratch = bytearray(BLOCK_HEADER)
-    iov: list = []
-    done, p = 0, pos
-    while done < length:
-        take = min(length - done, BLOCK - p % BLOCK)
-        iov.append(view[done : done + take])
-        done += take
-        p += take
-        if done < length:
-            iov.append(scratch)
-            p += BLOCK_HEADER
-    want = p - pos
+    iov, end = gather_iovecs(memoryview(out), pos, memoryview(bytearray(BLOCK_HEADER)))
+    want = end - pos
     got = 0
     while got < want:
         rest = _skip(iov, got)
