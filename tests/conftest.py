@@ -28,3 +28,30 @@ def rows(ids, tag: str = "") -> dict:
 @pytest.fixture
 def ds(tmp_path) -> Dataset:
     return Dataset.create(str(tmp_path / "ds"), SCHEMA, primary_keys=["id"], record_fields=["feature"])
+
+
+def run_in_pty(argv: list[str], timeout: float = 60, size: tuple[int, int] = (24, 100)) -> tuple[int, str]:
+    """Run ``argv`` on a real terminal (to see progress bars); (exit code, all output)."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    try:
+        p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        os.close(slave)
+        out = bytearray()
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out.extend(chunk)
+        return p.wait(timeout=timeout), out.decode(errors="replace")
+    finally:
+        os.close(master)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import os
-import pty
 import shutil
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -20,6 +16,8 @@ import pyarrow as pa
 import pytest
 
 from spacefs import Dataset, DirCatalog
+
+from conftest import run_in_pty
 
 SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.string()), ("blob", pa.binary())])
 _SCRIPT = Path(sys.executable).with_name("spacefs")
@@ -218,22 +216,9 @@ def test_user_errors_are_one_line(catalog, tmp_path):
 
 def test_progress_on_a_terminal(images):
     """On a terminal a long command shows a tqdm bar on stderr; piped, it prints none."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    p = subprocess.Popen(cmd("vacuum", images), stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert p.wait(timeout=60) == 0
-    assert b"snapshots:" in out and b"%|" in out and b"would remove 0 files" in out
+    code, out = run_in_pty(cmd("vacuum", images))
+    assert code == 0, out
+    assert "snapshots:" in out and "%|" in out and "would remove 0 files" in out
     piped = run("vacuum", images)
     assert "%|" not in piped.stderr and piped.stderr == ""
 

@@ -3,18 +3,16 @@ codes, and one clear error line for bad input."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spacefs import Dataset
+
+from conftest import run_in_pty
 
 
 def spacefs(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -101,24 +99,8 @@ def test_cli_webdataset_and_hf_round_trips(tmp_path):
 
 def test_cli_progress_bar_on_a_terminal(tmp_path):
     pq.write_table(pa.table({"id": list(range(1000)), "v": [b"x"] * 1000}), tmp_path / "in.parquet")
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    try:
-        p = subprocess.Popen([sys.executable, "-m", "spacefs.cli", "import", "parquet", str(tmp_path / "in.parquet"),
-                              str(tmp_path / "ds"), "-k", "id"], stdin=slave, stdout=slave, stderr=slave)
-        os.close(slave)
-        out = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-        assert p.wait(timeout=60) == 0, out
-    finally:
-        os.close(master)
-    text = out.decode(errors="replace")
+    code, text = run_in_pty([sys.executable, "-m", "spacefs.cli", "import", "parquet", str(tmp_path / "in.parquet"),
+                             str(tmp_path / "ds"), "-k", "id"], size=(40, 120))
+    assert code == 0, text
     assert "import ds:" in text and "/1.00k [" in text, text  # the bar, cleared when done
     assert "imported 1000 rows" in text

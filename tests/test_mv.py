@@ -19,6 +19,8 @@ from click.testing import CliRunner
 from spacefs import Dataset, DirCatalog, JobResult, MaterializedView, errors
 from spacefs.cli import main as cli
 
+from conftest import run_in_pty
+
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # UDFs travel with the MV
 
 SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.string()), ("blob", pa.binary())])
@@ -318,30 +320,10 @@ def test_cli_refresh(cat):
 
 
 def test_cli_refresh_shows_progress_on_a_terminal(cat):
-    import fcntl
-    import pty
-    import struct
-    import termios
-
     src = cat.dataset("src")
     mv = cat.materialize("mv", src.map_batches(shout, SCHEMA, output_record_fields=["blob"]))
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real-sized terminal
-    p = subprocess.Popen([sys.executable, "-m", "spacefs.cli", "refresh", mv.location],
-                         stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    out = bytearray()
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        out.extend(data)
-    os.close(master)
-    assert p.wait(timeout=60) == 0, out.decode(errors="replace")
-    text = out.decode(errors="replace")
+    code, text = run_in_pty([sys.executable, "-m", "spacefs.cli", "refresh", mv.location])
+    assert code == 0, text
     assert "refresh mv" in text and "rows/s" in text  # the progress bar, drawn on the terminal
     assert "mv: snapshot 1 (+100 rows)" in text
 
