@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import SchemaError, UserInputError
 from .filters import Filter, check_fields, to_expression
 from .records import RecordReader
+from .schema import check_batch_size, select_fields
 from .storage import Storage
 
 # Without a batch size, batches are cut so their record bytes stay near this: large
@@ -19,14 +19,7 @@ DEFAULT_BATCH_BYTES = 256 << 20
 
 
 def resolve_fields(storage: Storage, fields: Sequence[str] | None) -> list[str]:
-    if fields is None:
-        return list(storage.schema.names)
-    if isinstance(fields, str):
-        fields = [fields]
-    unknown = [f for f in fields if f not in storage.schema.names]
-    if unknown:
-        raise SchemaError(f"{storage.name}: unknown field(s) {unknown} (fields: {storage.schema.names})")
-    return list(fields)
+    return select_fields(storage.schema, fields, storage.name)
 
 
 def read(storage: Storage, version=None, filter_: Filter = None, fields: Sequence[str] | None = None,
@@ -38,8 +31,7 @@ def read(storage: Storage, version=None, filter_: Filter = None, fields: Sequenc
     """
     import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
 
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-        raise UserInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     sid = storage.resolve(version, branch)
     expr = to_expression(filter_)
     if expr is not None:

@@ -34,6 +34,7 @@ import pyarrow as pa
 from .errors import CommitConflictError, CorruptionError, VersionNotFoundError
 from .log import Entry
 from .options import FileOptions
+from .schema import check_batch_size
 from .storage import Plan, Version, _unlink
 from .types import JobResult
 from .view_delta import Delta, merge_deletes
@@ -77,9 +78,7 @@ def _kept(head: Entry, extra: dict[str, int]) -> set[str]:
 
 def refresh(mv: Any, executor: Any, version: Version | dict = None, batch_size: int | None = None,
             file_options: FileOptions | None = None, branch: str = "main") -> JobResult:
-    from .views import _check_batch_size
-
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     view = mv.view
     sources = view.sources()
     keys = [s.key for s in sources]

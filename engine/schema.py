@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.types as pat
 
-from .errors import SchemaError
+from .errors import SchemaError, UserInputError
 from .records import REF_TYPE
 
 RESERVED_PREFIX = "_spacefs"
@@ -117,6 +117,23 @@ def index_schema(schema: pa.Schema, record_fields: Sequence[str]) -> pa.Schema:
     return pa.schema(
         [pa.field(f.name, REF_TYPE) if f.name in record_fields else f for f in schema]
     )
+
+
+def select_fields(schema: pa.Schema, fields: Sequence[str] | str | None, what: str) -> list[str]:
+    """The fields a caller asked for (all when None), refusing unknown names."""
+    if fields is None:
+        return list(schema.names)
+    if isinstance(fields, str):
+        fields = [fields]
+    unknown = [f for f in fields if f not in schema.names]
+    if unknown:
+        raise SchemaError(f"{what}: unknown field(s) {unknown} (fields: {schema.names})")
+    return list(fields)
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+        raise UserInputError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def schema_to_json(schema: pa.Schema) -> dict[str, Any]:

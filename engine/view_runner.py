@@ -12,10 +12,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from .errors import SchemaError
 from .filters import Filter, check_fields, to_expression
 from .options import FileOptions
 from .reads import _rebatch
+from .schema import check_batch_size, select_fields
 from .storage import Version
 from .types import ChangeData, ChangeType
 from .view_delta import merge_deletes
@@ -24,23 +24,14 @@ from .views import Source, View
 
 
 def _names(view: View, fields: Sequence[str] | None) -> list[str]:
-    if fields is None:
-        return list(view.schema.names)
-    if isinstance(fields, str):
-        fields = [fields]
-    unknown = [f for f in fields if f not in view.schema.names]
-    if unknown:
-        raise SchemaError(f"unknown field(s) {unknown} (fields: {view.schema.names})")
-    return list(fields)
+    return select_fields(view.schema, fields, "read")
 
 
 def read_view(view: View, executor: Any, version: Version | dict = None, filter_: Filter = None,
               fields: Sequence[str] | None = None, batch_size: int | None = None,
               reference_read: bool = False, part_rows: int | None = None) -> Iterator[pa.Table]:
     """Rows of ``view`` at ``version``; arguments are checked now, work done lazily."""
-    from .views import _check_batch_size
-
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     versions = view.resolve_versions(version)
     expr = to_expression(filter_)
     if expr is not None:

@@ -243,20 +243,9 @@ class Source(View):
         return f"Source({self.storage.location!r}, branch={self.branch!r})"
 
 
-def _check_batch_size(batch_size: int | None) -> None:
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
-        raise UserInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-
 def _fields(source: View, fields: Sequence[str] | None, what: str) -> list[str]:
-    if fields is None:
-        return list(source.schema.names)
-    if isinstance(fields, str):
-        fields = [fields]
-    unknown = [f for f in fields if f not in source.schema.names]
-    if unknown:
-        raise SchemaError(f"{what}: unknown field(s) {unknown} (fields: {source.schema.names})")
-    return list(dict.fromkeys([*source.primary_keys, *fields]))
+    """The asked-for fields with the source's keys first (views carry keys along)."""
+    return list(dict.fromkeys([*source.primary_keys, *sch.select_fields(source.schema, fields, what)]))
 
 
 def _udf_name(fn: Any) -> str:
@@ -314,7 +303,7 @@ class MapView(_RowWise):
             raise UserInputError(f"map_batches: fn must be callable, got {type(fn).__name__}")
         if not isinstance(output_schema, pa.Schema):
             raise SchemaError(f"map_batches: output_schema must be a pyarrow.Schema, got {type(output_schema).__name__}")
-        _check_batch_size(batch_size)
+        sch.check_batch_size(batch_size)
         what = f"map_batches({_udf_name(fn)})"
         for k in self.source.primary_keys:
             if k not in output_schema.names:
