@@ -210,7 +210,7 @@ class RecordReader:
         pos = _phys(_logical(offset) + start)
         if pos % BLOCK + length <= BLOCK:
             return os.pread(fd, length, pos)
-        return _LogicalFile(fd, 0).read(_logical(pos), length)
+        return read_record_range(fd, offset, start, length)
 
     def read_one(self, rel: str, pos: int, offset: int, size: int) -> bytes:
         if offset >= 0:
@@ -493,7 +493,7 @@ def _logical_vec(physical: np.ndarray) -> np.ndarray:
     return block * USABLE + np.maximum(within - BLOCK_HEADER, 0)
 
 
-_SCRATCH = bytearray(BLOCK_HEADER)
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _IOV_MAX = 1000
 
 
@@ -515,6 +515,46 @@ def gather_iovecs(out: memoryview, pos: int, scratch: memoryview, max_iov: int =
             iov.append(scratch)
             pos += BLOCK_HEADER
     return iov, pos
+
+
+def read_record_range(fd: int, record_offset: int, start: int, length: int, nowait: bool = False) -> bytearray | None:
+    """Bytes ``[start, start+length)`` of the record at physical ``record_offset``;
+    None when ``nowait`` and the bytes are not all in the page cache."""
+    if length <= 0:
+        return bytearray()
+    if nowait and not _NOWAIT:
+        return None
+    pos = _phys(_logical(record_offset) + start)
+    out = bytearray(length)
+    iov, end = gather_iovecs(memoryview(out), pos, memoryview(bytearray(BLOCK_HEADER)))
+    want = end - pos
+    got = 0
+    while got < want:
+        rest = _skip(iov, got)
+        try:
+            n = os.preadv(fd, rest, pos + got, _NOWAIT if nowait else 0)
+        except BlockingIOError:
+            return None
+        if n == 0:
+            raise OSError(f"short read of a record: {got} of {want} bytes")
+        if nowait and got + n < want:
+            return None  # partly cached: let a worker thread read it whole
+        got += n
+    return out  # no copy: callers hand out memoryview slices of it
+
+
+def _skip(iov: list, n: int) -> list:
+    if n == 0:
+        return iov
+    out = []
+    for b in iov:
+        size = len(b)
+        if n >= size:
+            n -= size
+            continue
+        out.append(memoryview(b)[n:])
+        n = 0
+    return out
 
 
 def _read_logical_into(fd: int, logical: int, out: memoryview) -> None:
