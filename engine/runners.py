@@ -44,19 +44,21 @@ class LocalRunner:
             storage.log.sync = True
 
     # -- writes ----------------------------------------------------------------
-    def _write_new(self, data: Any, what: str) -> tuple[FileWriter, list[dict[str, Any]], list[pa.Table]]:
+    def _write_new(self, data: Any, what: str) -> tuple[FileWriter, list[dict[str, Any]]]:
+        """Write ``data`` (anything ``iter_tables`` takes) as new files, streaming."""
+        return self._write_tables(iter_tables(data, self.storage.schema, f"{self.storage.name}: {what}"))
+
+    def _write_tables(self, tables: Iterable[pa.Table]) -> tuple[FileWriter, list[dict[str, Any]]]:
         writer = FileWriter(self.storage, self.file_options)
         entries: list[dict[str, Any]] = []
-        tables = []
         try:
-            for t in iter_tables(data, self.storage.schema, f"{self.storage.name}: {what}"):
+            for t in tables:
                 if t.num_rows:
-                    tables.append(t)
                     entries += writer.write(t)
         except BaseException:
             writer.cleanup()
             raise
-        return writer, entries, tables
+        return writer, entries
 
     def _commit(self, op: str, writer: FileWriter, plan: Callable[[int], Plan | None]) -> JobResult:
         try:
@@ -70,7 +72,7 @@ class LocalRunner:
 
     def append(self, data: Any) -> JobResult:
         """Add rows without a key check."""
-        writer, entries, _ = self._write_new(data, "append")
+        writer, entries = self._write_new(data, "append")
         return self._commit("append", writer, lambda base: Plan(added=entries))
 
     def insert(self, data: Any) -> JobResult:
@@ -87,7 +89,7 @@ class LocalRunner:
         tables = list(iter_tables(data, self.storage.schema, f"{self.storage.name}: {what}"))
         table = pa.concat_tables(tables) if tables else self.storage.schema.empty_table()
         keys = check_unique_keys(table, self.storage.primary_keys, f"{self.storage.name}: {what}")
-        writer, entries, _ = self._write_new(table, what) if table.num_rows else (FileWriter(self.storage), [], [])
+        writer, entries = self._write_tables([table])  # already conformed: no second check
         return writer, entries, keys
 
     def delete(self, filter_: Filter) -> JobResult:
@@ -136,7 +138,7 @@ class LocalRunner:
             for f in files:
                 yield pq.read_table(f)
 
-        writer, entries, _ = self._write_new(tables(), f"append_parquet({pattern})")
+        writer, entries = self._write_new(tables(), f"append_parquet({pattern})")
         return self._commit("append_parquet", writer, lambda base: Plan(added=entries))
 
     def append_array_record(self, pattern: str | Sequence[str], index_fn: Callable[[bytes], dict[str, Any]]) -> JobResult:
@@ -160,7 +162,7 @@ class LocalRunner:
                 if rows[rec[0]]:
                     yield rows
 
-        writer, entries, _ = self._write_new(tables(), f"append_array_record({pattern})")
+        writer, entries = self._write_new(tables(), f"append_array_record({pattern})")
         return self._commit("append_array_record", writer, lambda base: Plan(added=entries))
 
     # -- reads -----------------------------------------------------------------
