@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from . import failpoints
 from . import schema as sch
 from .errors import PrimaryKeyExistsError
-from .filters import check_fields, referenced_fields, to_expression
+from .filters import predicate
 from .manifest import index_entry, record_entry
 from .options import FileOptions
 from .records import REF_TYPE, write_records
@@ -183,13 +183,6 @@ def key_mask(file_keys: pa.Table, keys: pa.Table) -> np.ndarray:
     return mask
 
 
-def expr_mask(table: pa.Table, expr: pc.Expression) -> np.ndarray:
-    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
-
-    col = pds.dataset(table).to_table(columns={"m": expr}).column("m")
-    return pc.fill_null(col, False).to_numpy(zero_copy_only=False)
-
-
 class RowRemover:
     """Rewrites the index files of a base snapshot that hold rows to remove.
 
@@ -253,10 +246,22 @@ def plan_upsert(storage: Storage, writer: FileWriter, keys: pa.Table, new_entrie
 
 
 def plan_delete(storage: Storage, writer: FileWriter, filter_: Any, base: int) -> Plan:
-    expr = to_expression(filter_)
-    check_fields(expr, storage.index_fields, storage.record_fields, f"{storage.name}: delete")
+    pred = predicate(filter_, storage.schema, storage.record_fields, f"{storage.name}: delete")
     plan = Plan()
-    cols = referenced_fields(expr, storage.index_fields) or storage.index_fields
-    RowRemover(storage, writer).remove(base, expr, lambda t: expr_mask(t, expr), plan,
-                                        mask_columns=sorted(set(cols) | set(storage.primary_keys)))
+    cols = pred.columns if pred.columns is not None else storage.index_fields
+    try:
+        RowRemover(storage, writer).remove(base, pred.prune, pred.mask, plan,
+                                            mask_columns=sorted(set(cols) | set(storage.primary_keys)))
+    except BaseException:
+        # A filter can fail on a later file (e.g. a cast error): drop the rewrites so far.
+        for rel in plan.temp_files:
+            _unlink_quiet(storage.full_path(rel))
+        raise
     return plan
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
