@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from . import failpoints
 from . import schema as sch
-from .errors import PrimaryKeyExistsError
+from .errors import PrimaryKeyExistsError, SchemaError
 from .filters import predicate
 from .manifest import index_entry, record_entry
 from .options import FileOptions
@@ -40,7 +40,11 @@ class FileWriter:
         return self.storage.full_path(rel)
 
     def write(self, table: pa.Table) -> list[dict[str, Any]]:
-        """Write ``table`` (conforming to the dataset schema); return manifest rows."""
+        """Write ``table`` (conforming to the dataset schema); return manifest rows.
+
+        Every write of rows passes here, so this is where null keys are refused (the
+        caller removes what it wrote before, so nothing of the write remains)."""
+        check_keys_present(table, self.storage.primary_keys, self.storage.name)
         entries: list[dict[str, Any]] = []
         step = self.options.max_index_rows
         for start in range(0, max(table.num_rows, 1), step):
@@ -148,8 +152,18 @@ def iter_tables(data: Any, schema: pa.Schema, what: str) -> Iterable[pa.Table]:
     yield sch.to_table(data, schema, what)
 
 
+def check_keys_present(table: pa.Table, keys: list[str], what: str) -> None:
+    """Refuse rows with a null primary-key value: such a row could never be updated,
+    deleted by key or told apart from another."""
+    for name in keys:
+        n = table.column(name).null_count
+        if n:
+            raise SchemaError(f"{what}: primary key field {name!r} is null in {n} row(s); every row needs a key")
+
+
 def check_unique_keys(table: pa.Table, keys: list[str], what: str) -> pa.Table:
-    """The key columns of ``table``; refuse a batch that repeats a key."""
+    """The key columns of ``table``; refuse a batch that repeats a key (or has a null one)."""
+    check_keys_present(table, keys, what)
     k = table.select(keys)
     if k.num_rows < 2:
         return k
