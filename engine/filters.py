@@ -27,6 +27,7 @@ Filter = pc.Expression | str | None
 
 _TABLE = "__spacefs_rows"
 _ALIAS = "__spacefs_match"
+_ROW = "__spacefs_row"
 
 
 class Predicate:
@@ -36,12 +37,16 @@ class Predicate:
     """
 
     def __init__(self, filter_: pc.Expression | str, prune: pc.Expression | None, columns: list[str] | None,
-                 what: str = ""):
+                 what: str = "", exact: pc.Expression | None = None):
         self.filter = filter_
         self.prune = prune
         # Index columns ``mask`` reads (None: all of them).
         self.columns = columns
         self.what = what or f"SQL filter {filter_!r}"
+        # An Arrow expression with exactly the filter's meaning, when there is one: a
+        # pyarrow filter, or SQL made only of conjuncts Arrow evaluates identically
+        # (``id = 5``, ``label IN ('a', 'b')``): no DuckDB round trip per file then.
+        self.exact = filter_ if isinstance(filter_, pc.Expression) else exact
 
     def __repr__(self) -> str:
         return f"Predicate({self.filter!r})"
@@ -50,24 +55,23 @@ class Predicate:
         """Which rows of ``table`` match (null counts as no match), in row order."""
         if table.num_rows == 0:
             return np.zeros(0, dtype=bool)
-        if isinstance(self.filter, pc.Expression):
+        if self.exact is not None:
             import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
 
-            col = pds.dataset(table).to_table(columns={"m": self.filter}).column("m")
-        else:
-            col = _evaluate(self.filter, table.select(self.columns or []), table.num_rows, self.what)
-        return pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+            col = pds.dataset(table).to_table(columns={"m": self.exact}).column("m")
+            return pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+        return _evaluate(self.filter, table.select(self.columns or []), self.what)
 
     def apply(self, table: pa.Table) -> pa.Table:
         """The matching rows of ``table``, in order."""
-        if isinstance(self.filter, pc.Expression):
-            return table.filter(self.filter)
+        if self.exact is not None:
+            return table.filter(self.exact)
         return table.filter(pa.array(self.mask(table))) if table.num_rows else table
 
     def scan(self, dataset: Any, names: Sequence[str]) -> pa.Table:
         """Columns ``names`` of the matching rows of a pyarrow dataset."""
-        if isinstance(self.filter, pc.Expression):
-            return dataset.to_table(columns=list(names), filter=self.filter)
+        if self.exact is not None:
+            return dataset.to_table(columns=list(names), filter=self.exact)
         extra = [c for c in self.columns or [] if c not in names]
         t = dataset.to_table(columns=[*names, *extra], filter=self.prune)
         return self.apply(t).select(list(names))
@@ -117,7 +121,8 @@ def _sql_predicate(text: str, schema: pa.Schema, record_fields: list[str], index
         raise FilterError(f"{what}: filters can only use index fields, not record field(s) {rec}")
     columns = [n for n in index_names if n.lower() in refs]
     _bind(text, schema.empty_table().select(columns or index_names[:1]), what)
-    return Predicate(text, _prune(expr, schema, by_lower), columns, what)
+    prune, exact = _prune(expr, schema, by_lower)
+    return Predicate(text, prune, columns, what, prune if exact else None)
 
 
 def _query(text: str) -> str:
@@ -210,24 +215,25 @@ def _bind(text: str, empty: pa.Table, what: str) -> None:
         raise FilterError(f"{what}: is not a predicate (its type is {kind}, not BOOLEAN)")
 
 
-def _evaluate(text: str, table: pa.Table, num_rows: int, what: str) -> pa.ChunkedArray:
+def _evaluate(text: str, table: pa.Table, what: str) -> np.ndarray:
+    """The rows DuckDB's ``WHERE`` keeps, found by their row numbers: exactly a DuckDB
+    query's meaning (NULL is no match), whatever order DuckDB returns them in."""
     import duckdb
 
-    if table.num_columns == 0:  # a predicate naming no column still needs the row count
-        table = pa.table({"__spacefs_row": pa.nulls(num_rows, pa.int8())})
+    n = table.num_rows
+    rows = pa.Table.from_arrays([*table.columns, pa.array(np.arange(n, dtype=np.int64))],
+                                names=[*table.column_names, _ROW])
     con = _connection()
-    con.register(_TABLE, table)
+    con.register(_TABLE, rows)
     try:
-        out = con.sql(_query(text)).to_arrow_table().column(0)
+        hits = con.sql(f"SELECT {_ROW} FROM {_TABLE} WHERE (\n{text}\n)").to_arrow_table().column(0)
     except duckdb.Error as e:
         raise FilterError(f"{what}: {_first_line(e)}") from None
     finally:
         con.unregister(_TABLE)
-    if len(out) != num_rows:  # cannot happen for a row predicate; never mask the wrong rows
-        raise FilterError(f"{what}: gave {len(out)} values for {num_rows} rows")
-    if out.type != pa.bool_():
-        out = out.cast(pa.bool_())
-    return out
+    mask = np.zeros(n, dtype=bool)
+    mask[hits.to_numpy()] = True
+    return mask
 
 
 def _first_line(e: BaseException) -> str:
@@ -239,7 +245,7 @@ _local = threading.local()
 
 def _connection():
     """A per-thread (and per-process: forks) in-memory DuckDB that cannot touch files,
-    the network or extensions; insertion order is preserved so masks line up with rows."""
+    the network or extensions, nor change its settings."""
     import duckdb
 
     con = getattr(_local, "con", None)
@@ -248,7 +254,6 @@ def _connection():
             "enable_external_access": False,
             "autoload_known_extensions": False,
             "autoinstall_known_extensions": False,
-            "preserve_insertion_order": True,
             "lock_configuration": True,
         })
         _local.con, _local.pid = con, os.getpid()
@@ -291,17 +296,21 @@ _OPS = {"COMPARE_LESSTHAN": pc.less, "COMPARE_GREATERTHAN": pc.greater, "COMPARE
 _FLOAT_SAFE = {"COMPARE_LESSTHAN", "COMPARE_LESSTHANOREQUALTO", "COMPARE_EQUAL"}
 
 
-def _prune(expr: dict[str, Any], schema: pa.Schema, by_lower: dict[str, str]) -> pc.Expression | None:
+def _prune(expr: dict[str, Any], schema: pa.Schema, by_lower: dict[str, str]) -> tuple[pc.Expression | None, bool]:
     """AND of the top-level conjuncts of the form column <op> literal, column BETWEEN
     literals, column IN (literals): for them a row DuckDB keeps is a row Arrow keeps.
-    Anything else contributes nothing (pruning less is always correct)."""
-    terms = [t for t in (_term(c, schema, by_lower) for c in _conjuncts(expr)) if t is not None]
+    Anything else contributes nothing (pruning less is always correct). Also says
+    whether the result is exact: every conjunct converted, and none on a float column
+    (where -0.0, NaN and rounding could still differ)."""
+    conjuncts = list(_conjuncts(expr))
+    terms = [(t, f) for t, f in (_term(c, schema, by_lower) for c in conjuncts) if t is not None]
     if not terms:
-        return None
-    out = terms[0]
-    for t in terms[1:]:
+        return None, False
+    out = terms[0][0]
+    for t, _ in terms[1:]:
         out = out & t
-    return out
+    exact = len(terms) == len(conjuncts) and not any(pa.types.is_floating(f.type) for _, f in terms)
+    return out, exact
 
 
 def _conjuncts(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -343,7 +352,8 @@ def _literal(node: dict[str, Any], field: pa.Field) -> pa.Scalar | None:
     return None
 
 
-def _term(node: dict[str, Any], schema: pa.Schema, by_lower: dict[str, str]) -> pc.Expression | None:
+def _term(node: dict[str, Any], schema: pa.Schema,
+          by_lower: dict[str, str]) -> tuple[pc.Expression | None, pa.Field | None]:
     typ = node.get("type")
     if typ in _FLIP:
         left, right, op = node.get("left") or {}, node.get("right") or {}, typ
@@ -351,28 +361,28 @@ def _term(node: dict[str, Any], schema: pa.Schema, by_lower: dict[str, str]) -> 
             left, right, op = right, left, _FLIP[typ]
         f = _column(left, schema, by_lower)
         if f is None or (pa.types.is_floating(f.type) and op not in _FLOAT_SAFE):
-            return None
+            return None, None
         v = _literal(right, f)
-        return None if v is None else _OPS[op](pc.field(f.name), v)
+        return (None, None) if v is None else (_OPS[op](pc.field(f.name), v), f)
     if typ == "COMPARE_BETWEEN":
         f = _column(node.get("input") or {}, schema, by_lower)
         if f is None:
-            return None
+            return None, None
         lo, hi = _literal(node.get("lower") or {}, f), _literal(node.get("upper") or {}, f)
         if lo is None or hi is None:
-            return None
+            return None, None
         # x >= lo on floats admits NaN in DuckDB, but x <= hi then rules it out.
-        return (pc.field(f.name) >= lo) & (pc.field(f.name) <= hi)
+        return (pc.field(f.name) >= lo) & (pc.field(f.name) <= hi), f
     if typ == "COMPARE_IN":
         kids = node.get("children") or []
         f = _column(kids[0], schema, by_lower) if kids else None
         if f is None or len(kids) < 2:
-            return None
+            return None, None
         values = [_literal(k, f) for k in kids[1:]]
         if any(v is None for v in values):
-            return None
-        return pc.field(f.name).isin(pa.array([v.as_py() for v in values], f.type))
-    return None
+            return None, None
+        return pc.field(f.name).isin(pa.array([v.as_py() for v in values], f.type)), f
+    return None, None
 
 
 # -- pyarrow expressions -------------------------------------------------------------
