@@ -121,6 +121,20 @@ def test_pruning_uses_only_provable_conjuncts(fruit):
     assert predicate("y <= 1.5", floats, [], "t").prune is None
 
 
+def test_nan_sorts_above_every_number_as_in_duckdb(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("x", pa.float64())])
+    ds = Dataset.create(str(tmp_path / "nan"), schema, ["id"], [])
+    ds.local().append({"id": [0, 1], "x": [1.0, 2.0]})
+    ds.local().append({"id": [2, 3], "x": [float("nan"), 7.0]})  # stats: 7..7, NaN left out
+    got = {q: sorted(ds.local().read_all(filter_=q).column("id").to_pylist())
+           for q in ["x > 5", "x > 8", "x >= 'NaN'::DOUBLE", "x < 3", "x = 'NaN'::DOUBLE", "x <> 1"]}
+    assert got == {"x > 5": [2, 3], "x > 8": [2], "x >= 'NaN'::DOUBLE": [2], "x < 3": [0, 1],
+                   "x = 'NaN'::DOUBLE": [2], "x <> 1": [1, 2, 3]}
+    assert len(ds.storage.index_manifest(filter_="x < 3")) == 1  # the NaN file is rightly skipped
+    ds.local().delete("x > 8")
+    assert sorted(ds.local().read_all().column("id").to_pylist()) == [0, 1, 3]
+
+
 def test_masks_keep_row_order_on_large_tables():
     n = 300_000
     t = pa.table({"id": pa.array(range(n), pa.int64()), "label": pa.array([str(i % 97) for i in range(n)])})
@@ -145,14 +159,16 @@ FLOATS = [-1.5, 0.0, -0.0, 0.5, 2.25, float("nan"), 1e10, 3.0]
 
 
 def _data(rng: random.Random, n: int, files: int) -> list[pa.Table]:
-    """Rows with nulls in every index column but the key, cut into files whose ranges
-    overlap for some columns and not for others (so pruning matters)."""
-    def maybe(v, p=0.2):
-        return None if rng.random() < p else v
-
+    """Rows with nulls in every index column but the key (in half the files), cut into
+    files whose ranges overlap for some columns and not for others (so pruning matters)."""
     rows = []
     for i in range(n):
         part = i * files // n
+
+        def maybe(v, p=0.2, part=part):
+            # Odd files have no nulls: the manifest keeps min/max only for those.
+            return None if part % 2 == 0 and rng.random() < p else v
+
         rows.append({
             "id": i,
             "a": maybe(rng.randint(-5, 5) + (part * 3 if rng.random() < 0.5 else 0)),
@@ -238,6 +254,22 @@ def _pred(rng: random.Random, depth: int = 0) -> str:
     return "(" + joiner.join(_pred(rng, depth + 1) for _ in range(rng.randint(2, 3))) + ")"
 
 
+def _prunable(rng: random.Random) -> str:
+    """A conjunct the store can prune files by (their min/max) before DuckDB runs."""
+    return rng.choice([
+        f"id {rng.choice(['<', '>=', '<=', '>', '='])} {rng.randint(0, 240)}",
+        f"id BETWEEN {rng.randint(0, 120)} AND {rng.randint(60, 240)}",
+        f"{rng.randint(0, 240)} > id",
+        f"a IN ({rng.randint(-5, 20)}, {rng.randint(-5, 20)})",
+        f"a >= {rng.randint(0, 20)}",
+        f"s = '{rng.choice(WORDS)}'".replace("o'hara", "o''hara"),
+        f"s < '{rng.choice(['b', 'c', 'a'])}'",
+        f"b <= {rng.choice(['0.5', '-1.5', '3', '2'])}",
+        f"b = {rng.choice(['2.25', '0', '1e10'])}",
+        f"b BETWEEN {rng.choice(['-1.5', '0', '1'])} AND {rng.choice(['0.5', '3', '1e10'])}",
+    ])
+
+
 def _expected(con, pred: str, keep: bool) -> list[int]:
     cond = f"({pred})" if keep else f"NOT COALESCE(({pred}), false)"
     return [r[0] for r in con.execute(f"SELECT id FROM rows WHERE {cond} ORDER BY id").fetchall()]
@@ -260,8 +292,8 @@ def test_differential_reads_and_deletes_agree_with_duckdb(tmp_path):
     base = ds.snapshot_id()
     view = ds.map_batches(lambda b: b, SCHEMA, output_record_fields=["f"])
 
-    preds = [_pred(rng) for _ in range(360)]
-    checked = deleted = 0
+    preds = [_pred(rng) if rng.random() < 0.6 else f"{_prunable(rng)} AND {_pred(rng)}" for _ in range(360)]
+    checked = deleted = pruned = 0
     for i, pred in enumerate(preds):
         try:
             want = _expected(con, pred, keep=True)
@@ -273,6 +305,7 @@ def test_differential_reads_and_deletes_agree_with_duckdb(tmp_path):
         if i % 6 == 0:
             assert _ids(view.local().read_all(filter_=pred, fields=["id", "s"])) == want, pred
         if i % 3 == 0:
+            pruned += len(ds.storage.index_manifest(filter_=pred, version=base)) < len(parts)
             branch = f"b{i}"
             ds.add_branch(branch, base)
             LocalRunner(ds.storage, branch=branch).delete(pred)
@@ -281,4 +314,4 @@ def test_differential_reads_and_deletes_agree_with_duckdb(tmp_path):
             assert all(f == f"payload{k}".encode() for k, f in zip(left.column("id").to_pylist(),
                                                                    left.column("f").to_pylist(), strict=True))
             deleted += 1
-    assert checked >= 320 and deleted >= 110
+    assert checked >= 320 and deleted >= 110 and pruned >= 15
