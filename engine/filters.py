@@ -11,6 +11,7 @@ is ``None`` (no pruning) otherwise.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -91,7 +92,7 @@ def predicate(filter_: Filter | Predicate, schema: pa.Schema, record_fields: Seq
         check_fields(filter_, index_names, list(record_fields), where)
         return Predicate(filter_, filter_, referenced_fields(filter_, index_names) or None)
     if isinstance(filter_, str):
-        return _sql_predicate(filter_, schema, list(record_fields), index_names, where)
+        return _sql_predicate(filter_, schema, tuple(record_fields), where)
     raise FilterError(f"{where}: filter must be a pyarrow expression or a SQL predicate string, "
                       f"got {type(filter_).__name__}")
 
@@ -107,8 +108,10 @@ def prune_expression(filter_: Filter | Predicate, schema: pa.Schema, record_fiel
 
 # -- SQL predicates ----------------------------------------------------------------
 
-def _sql_predicate(text: str, schema: pa.Schema, record_fields: list[str], index_names: list[str],
-                   where: str) -> Predicate:
+@functools.lru_cache(maxsize=256)
+def _sql_predicate(text: str, schema: pa.Schema, record_fields: tuple[str, ...], where: str) -> Predicate:
+    # Cached: checking costs a few DuckDB round trips, and a Predicate never changes.
+    index_names = [f.name for f in schema if f.name not in record_fields]
     what = f"{where}: SQL filter {text!r}"
     if not text.strip():
         raise FilterError(f"{what} is empty")
