@@ -95,6 +95,15 @@ def test_append_from_ingests_in_parallel_ray_tasks(tmp_path):
     assert d.snapshot_id() == 1
     assert sorted(os.listdir(os.path.join(d.location, "data", "index"))) == files_before
 
+    def null_key():
+        yield rows([9100])
+        yield {"id": [None], "label": ["x"], "blob": [b"x"]}
+
+    with pytest.raises(errors.SchemaError, match="primary key field 'id' is null"):
+        d.ray(ray_options=OPTS).append_from([_source(6000), null_key])
+    assert d.snapshot_id() == 1
+    assert sorted(os.listdir(os.path.join(d.location, "data", "index"))) == files_before
+
 
 def test_ray_reads_split_into_parallel_blocks(ds):
     r = ds.ray(ray_options=OPTS)
