@@ -11,10 +11,10 @@ is ``None`` (no pruning) otherwise.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -92,7 +92,18 @@ def predicate(filter_: Filter | Predicate, schema: pa.Schema, record_fields: Seq
         check_fields(filter_, index_names, list(record_fields), where)
         return Predicate(filter_, filter_, referenced_fields(filter_, index_names) or None)
     if isinstance(filter_, str):
-        return _sql_predicate(filter_, schema, tuple(record_fields), where)
+        # Cached: checking costs a few DuckDB round trips, and a Predicate never changes.
+        # Keyed by type names: extension types (e.g. TfFeatures) are not hashable.
+        key = (filter_, tuple((f.name, str(f.type)) for f in schema), tuple(record_fields), where)
+        with _cache_lock:
+            p = _cache.get(key)
+        if p is None:
+            p = _sql_predicate(filter_, schema, tuple(record_fields), where)
+            with _cache_lock:
+                _cache[key] = p
+                while len(_cache) > 256:
+                    _cache.popitem(last=False)
+        return p
     raise FilterError(f"{where}: filter must be a pyarrow expression or a SQL predicate string, "
                       f"got {type(filter_).__name__}")
 
@@ -108,9 +119,11 @@ def prune_expression(filter_: Filter | Predicate, schema: pa.Schema, record_fiel
 
 # -- SQL predicates ----------------------------------------------------------------
 
-@functools.lru_cache(maxsize=256)
+_cache: OrderedDict[tuple, Predicate] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
 def _sql_predicate(text: str, schema: pa.Schema, record_fields: tuple[str, ...], where: str) -> Predicate:
-    # Cached: checking costs a few DuckDB round trips, and a Predicate never changes.
     index_names = [f.name for f in schema if f.name not in record_fields]
     what = f"{where}: SQL filter {text!r}"
     if not text.strip():
@@ -346,6 +359,10 @@ def _literal(node: dict[str, Any], field: pa.Field) -> pa.Scalar | None:
         if kind in ("INTEGER", "NUMERIC") and pa.types.is_float64(t):
             v = float(text)
             if kind == "INTEGER" and abs(int(text)) > 2 ** 53 or not np.isfinite(v):
+                return None
+            # DuckDB reads 0.1 as a DECIMAL and divides by 10**scale in double: that equals
+            # Python's float() while the digits fit a double exactly (15 of them).
+            if kind == "NUMERIC" and "e" not in text.lower() and sum(c.isdigit() for c in text) > 15:
                 return None
             return pa.scalar(v, t)
         if kind == "STRING" and (pa.types.is_string(t) or pa.types.is_large_string(t)):

@@ -119,6 +119,7 @@ def test_pruning_uses_only_provable_conjuncts(fruit):
     assert predicate("x > 1", floats, [], "t").prune is None
     assert predicate("x <= 1.5", floats, [], "t").prune is not None
     assert predicate("y <= 1.5", floats, [], "t").prune is None
+    assert predicate("x <= 0.12345678901234567", floats, [], "t").prune is None  # not exact in a double
 
 
 def test_nan_sorts_above_every_number_as_in_duckdb(tmp_path):
