@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .filters import Filter, check_fields, to_expression
+from .filters import Filter, predicate
 from .records import RecordReader
 from .schema import check_batch_size, select_fields
 from .storage import Storage
@@ -33,17 +33,15 @@ def read(storage: Storage, version=None, filter_: Filter = None, fields: Sequenc
 
     check_batch_size(batch_size)
     sid = storage.resolve(version, branch)
-    expr = to_expression(filter_)
-    if expr is not None:
-        check_fields(expr, storage.index_fields, storage.record_fields, f"{storage.name}: read")
+    pred = predicate(filter_, storage.schema, storage.record_fields, f"{storage.name}: read")
     names = resolve_fields(storage, fields)
-    entries = storage.index_entries(sid, expr)
+    entries = storage.index_entries(sid, pred)
     reader = reader or RecordReader(storage.location)
 
     def tables() -> Iterator[pa.Table]:
         for entry in entries:
             d = pds.dataset(storage.full_path(entry["path"]), schema=storage.index_schema, format="parquet")
-            t = d.to_table(columns=names, filter=expr)
+            t = pred.scan(d, names) if pred is not None else d.to_table(columns=names)
             if t.num_rows == 0:
                 continue
             for part in _split(storage, t, names, batch_size):

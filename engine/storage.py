@@ -27,7 +27,7 @@ from .errors import (
     UserInputError,
     VersionNotFoundError,
 )
-from .filters import Filter, stats_guarantee, to_expression
+from .filters import Filter, prune_expression, stats_guarantee
 from .log import Entry, MetadataLog
 from .manifest import INDEX, RECORD, ManifestStore, manifest_schema, removal
 
@@ -213,7 +213,7 @@ class Storage:
         t = self.live_files(sid)
         t = t.filter(pc.equal(t.column("kind"), INDEX))
         rows = t.to_pylist()
-        expr = to_expression(filter_)
+        expr = prune_expression(filter_, self.schema, self.record_fields, f"{self.name}: index files")
         if expr is None or not rows:
             return rows
         names = [f.name for f in self.stats_fields]

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from .errors import NotFoundError, UserInputError
+from .filters import Predicate
 from .options import FileOptions
 from .reads import as_record_type
 from .records import REF_TYPE, RecordReader
@@ -226,12 +227,12 @@ def bounded(t: pa.Table, roots: dict[str, str], limit: int = RESOLVE_BYTES) -> I
         start = c
 
 
-def finish(part: Part, filter_: pc.Expression | None, names: list[str], roots: dict[str, str],
+def finish(part: Part, filter_: Predicate | None, names: list[str], roots: dict[str, str],
            schema: pa.Schema) -> Iterator[pa.Table]:
     """What a read does with a part: filter on index fields, project, read records."""
     for t in part():
         if filter_ is not None:
-            t = t.filter(filter_)
+            t = filter_.apply(t)
             if not t.num_rows:
                 continue
         for piece in bounded(t.select(names), roots):

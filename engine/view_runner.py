@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .filters import Filter, check_fields, to_expression
+from .filters import Filter, predicate
 from .options import FileOptions
 from .reads import _rebatch
 from .schema import check_batch_size, select_fields
@@ -33,15 +33,14 @@ def read_view(view: View, executor: Any, version: Version | dict = None, filter_
     """Rows of ``view`` at ``version``; arguments are checked now, work done lazily."""
     check_batch_size(batch_size)
     versions = view.resolve_versions(version)
-    expr = to_expression(filter_)
-    if expr is not None:
-        check_fields(expr, view.index_fields, view.record_fields, "read")
+    pred = predicate(filter_, view.schema, view.record_fields, "read")
     names = _names(view, fields)
     ctx = Ctx(executor, part_rows=part_rows)
     roots = {} if reference_read else view.ref_roots
     # A dataset prunes files by their stats; a derived view filters its output rows.
-    parts = view._scan(ctx, versions, expr) if isinstance(view, Source) else view._scan(ctx, versions)
-    fn = functools.partial(finish, filter_=expr, names=names, roots=roots, schema=view.schema)
+    prune = pred.prune if pred is not None else None
+    parts = view._scan(ctx, versions, prune) if isinstance(view, Source) else view._scan(ctx, versions)
+    fn = functools.partial(finish, filter_=pred, names=names, roots=roots, schema=view.schema)
     tables = executor.stream(fn, parts)
     return tables if batch_size is None else _rebatch(tables, batch_size)
 

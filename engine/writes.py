@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from . import failpoints
 from . import schema as sch
-from .errors import PrimaryKeyExistsError
-from .filters import check_fields, referenced_fields, to_expression
+from .errors import PrimaryKeyExistsError, SchemaError
+from .filters import predicate
 from .manifest import index_entry, record_entry
 from .options import FileOptions
 from .records import REF_TYPE, write_records
@@ -40,7 +40,11 @@ class FileWriter:
         return self.storage.full_path(rel)
 
     def write(self, table: pa.Table) -> list[dict[str, Any]]:
-        """Write ``table`` (conforming to the dataset schema); return manifest rows."""
+        """Write ``table`` (conforming to the dataset schema); return manifest rows.
+
+        Every write of rows passes here, so this is where null keys are refused (the
+        caller removes what it wrote before, so nothing of the write remains)."""
+        check_keys_present(table, self.storage.primary_keys, self.storage.name)
         entries: list[dict[str, Any]] = []
         step = self.options.max_index_rows
         for start in range(0, max(table.num_rows, 1), step):
@@ -148,8 +152,18 @@ def iter_tables(data: Any, schema: pa.Schema, what: str) -> Iterable[pa.Table]:
     yield sch.to_table(data, schema, what)
 
 
+def check_keys_present(table: pa.Table, keys: list[str], what: str) -> None:
+    """Refuse rows with a null primary-key value: such a row could never be updated,
+    deleted by key or told apart from another."""
+    for name in keys:
+        n = table.column(name).null_count
+        if n:
+            raise SchemaError(f"{what}: primary key field {name!r} is null in {n} row(s); every row needs a key")
+
+
 def check_unique_keys(table: pa.Table, keys: list[str], what: str) -> pa.Table:
-    """The key columns of ``table``; refuse a batch that repeats a key."""
+    """The key columns of ``table``; refuse a batch that repeats a key (or has a null one)."""
+    check_keys_present(table, keys, what)
     k = table.select(keys)
     if k.num_rows < 2:
         return k
@@ -181,13 +195,6 @@ def key_mask(file_keys: pa.Table, keys: pa.Table) -> np.ndarray:
     mask = np.zeros(file_keys.num_rows, dtype=bool)
     mask[joined.column("__row").to_numpy()] = True
     return mask
-
-
-def expr_mask(table: pa.Table, expr: pc.Expression) -> np.ndarray:
-    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
-
-    col = pds.dataset(table).to_table(columns={"m": expr}).column("m")
-    return pc.fill_null(col, False).to_numpy(zero_copy_only=False)
 
 
 class RowRemover:
@@ -253,10 +260,22 @@ def plan_upsert(storage: Storage, writer: FileWriter, keys: pa.Table, new_entrie
 
 
 def plan_delete(storage: Storage, writer: FileWriter, filter_: Any, base: int) -> Plan:
-    expr = to_expression(filter_)
-    check_fields(expr, storage.index_fields, storage.record_fields, f"{storage.name}: delete")
+    pred = predicate(filter_, storage.schema, storage.record_fields, f"{storage.name}: delete")
     plan = Plan()
-    cols = referenced_fields(expr, storage.index_fields) or storage.index_fields
-    RowRemover(storage, writer).remove(base, expr, lambda t: expr_mask(t, expr), plan,
-                                        mask_columns=sorted(set(cols) | set(storage.primary_keys)))
+    cols = pred.columns if pred.columns is not None else storage.index_fields
+    try:
+        RowRemover(storage, writer).remove(base, pred.prune, pred.mask, plan,
+                                            mask_columns=sorted(set(cols) | set(storage.primary_keys)))
+    except BaseException:
+        # A filter can fail on a later file (e.g. a cast error): drop the rewrites so far.
+        for rel in plan.temp_files:
+            _unlink_quiet(storage.full_path(rel))
+        raise
     return plan
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

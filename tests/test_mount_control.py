@@ -113,6 +113,22 @@ def test_refresh_of_a_materialized_view(live):
     wait_for(lambda: len(os.listdir(os.path.join(mnt, "pets_mv", "current", "rows"))) == n, 1.0)
 
 
+
+def test_null_keys_and_bad_filters_are_refused_and_change_nothing(live):
+    c, ds, mnt = live
+    seq = ds.storage.log.head_seq()
+    bad = rows([500, 501])
+    bad["id"] = [500, None]
+    with spacefs.connect(mnt) as cl:
+        for kind in ("append", "insert", "upsert"):
+            with pytest.raises(errors.SchemaError, match="primary key field 'id' is null"):
+                getattr(cl, kind)("pets", bad)
+        with pytest.raises(errors.FilterError, match="subqueries are not supported"):
+            cl.delete("pets", "id NOT IN (SELECT id FROM pets)")
+        with pytest.raises(errors.FilterError, match="not a single SQL expression"):
+            cl.delete("pets", "true) AS m FROM __spacefs_rows UNION ALL SELECT (true")
+    alive_and_unchanged(c, ds, mnt, seq)
+
 HOSTILE_FRAMES = {
     "random bytes": os.urandom(64),
     "bad magic": b"EVIL" + os.urandom(16),

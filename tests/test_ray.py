@@ -95,6 +95,15 @@ def test_append_from_ingests_in_parallel_ray_tasks(tmp_path):
     assert d.snapshot_id() == 1
     assert sorted(os.listdir(os.path.join(d.location, "data", "index"))) == files_before
 
+    def null_key():
+        yield rows([9100])
+        yield {"id": [None], "label": ["x"], "blob": [b"x"]}
+
+    with pytest.raises(errors.SchemaError, match="primary key field 'id' is null"):
+        d.ray(ray_options=OPTS).append_from([_source(6000), null_key])
+    assert d.snapshot_id() == 1
+    assert sorted(os.listdir(os.path.join(d.location, "data", "index"))) == files_before
+
 
 def test_ray_reads_split_into_parallel_blocks(ds):
     r = ds.ray(ray_options=OPTS)
@@ -105,6 +114,9 @@ def test_ray_reads_split_into_parallel_blocks(ds):
     assert t.column("blob").to_pylist() == [f"b{i}".encode() for i in range(39_990, 40_000)]
     assert [b.num_rows for b in r.read(batch_size=15_000)] == [15_000, 15_000, 10_000]
     assert r.read_all(filter_="id < 0").num_rows == 0
+    # A SQL filter DuckDB evaluates, inside the Ray tasks: same rows as the local reader.
+    sql = "id >= 39990 AND (id % 3 = 0 OR label NOT LIKE 'x%') AND label IS NOT NULL"
+    assert r.read_all(filter_=sql, fields=["id"]).equals(ds.local().read_all(filter_=sql, fields=["id"]))
     assert [c.change_type.name for c in r.diff(0, None)] == ["ADD"]
 
 
