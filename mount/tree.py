@@ -287,7 +287,7 @@ class Tree:
     def _live(self, node: Node, io: bool) -> None:
         """Refuse a node of a dataset since deleted (and maybe created again): what it
         named is gone. (The root of a single-dataset mount is whatever is there.)"""
-        if node.inc != self._incs.get(node.ds, 0) and node != self.root:
+        if self._incs and node.inc != self._incs.get(node.ds, 0) and node != self.root:
             raise _enoent(f"{node.ds}: the dataset was deleted")
 
     # -- lookup ----------------------------------------------------------------
