@@ -9,7 +9,7 @@ import os
 import shutil
 
 import pytest
-from mount_util import SCHEMA, LAYOUT, image_bytes, make_catalog, mounted, rows, wait_for
+from mount_util import LAYOUT, SCHEMA, image_bytes, make_catalog, mounted, rows, wait_for
 
 from spacefs import Dataset, DirCatalog
 from spacefs.mount.tree import DS, ROOT, Invalidation, Node, Tree
