@@ -150,7 +150,11 @@ def export_folder_cmd(dataset: str, dest: str, version: str | None, path: str | 
 @click.option("--samples-per-shard", default=10_000, show_default=True, type=click.IntRange(1))
 def export_webdataset_cmd(dataset: str, dest: str, version: str | None, fields: tuple[str, ...],
                           samples_per_shard: int) -> None:
-    """Export a version as WebDataset tar shards, one sample per row."""
+    """Export a version as WebDataset tar shards, one sample per row.
+
+    Keys become member names that cannot leave the directory a shard is unpacked in
+    '.', '..' and empty path segments, '%' and control characters are percent-encoded.
+    """
     from spacefs.io.webdataset import export_webdataset
 
     shards = export_webdataset(dataset, dest, version, samples_per_shard, list(fields) or None)
