@@ -152,8 +152,9 @@ def export_webdataset_cmd(dataset: str, dest: str, version: str | None, fields: 
                           samples_per_shard: int) -> None:
     """Export a version as WebDataset tar shards, one sample per row.
 
-    Keys become member names that cannot leave the directory a shard is unpacked in
-    '.', '..' and empty path segments, '%' and control characters are percent-encoded.
+    Keys become member names that cannot leave the directory a shard is unpacked in:
+    an empty segment, a segment's leading '.', '%' and control characters are
+    percent-encoded.
     """
     from spacefs.io.webdataset import export_webdataset
 
