@@ -509,8 +509,9 @@ class Tree:
             if seq == st.seq and stamp == st.identity.stamp:
                 return []
             # The log moved or dataset.json is another file: is it still the same dataset?
+            # (A log never shrinks: one that did was replaced, by an older copy say.)
             identity = _Identity.of(st.storage.location)
-            if not st.identity.same_dataset(identity):
+            if seq < st.seq or not st.identity.same_dataset(identity):
                 return self._recreated(name)
             st.identity = identity
             if seq == st.seq:

@@ -137,3 +137,20 @@ def test_a_live_mount_serves_the_recreated_dataset(tmp_path, single):
         assert os.stat(row).st_size == len(image_bytes(5))
         assert "7" not in os.listdir(os.path.join(root, "current", "rows"))
         assert "7" in os.listdir(os.path.join(root, "versions", "1", "rows"))
+
+
+def test_tree_sees_an_older_copy_put_back_in_place(tmp_path):
+    """Same uuid, but the log went backwards (a backup restored over the dataset):
+    the snapshots after the copy's head are gone, not served from the cache."""
+    _, ds = make_catalog(str(tmp_path))
+    backup = str(tmp_path / "backup")
+    shutil.copytree(ds.location, backup)
+    ds.local().upsert(new_rows(10))  # snapshot 2
+    t = Tree(ds.location)
+    assert read(t, "versions/2/rows/5/image") == image_bytes(5)[::-1]
+    shutil.rmtree(ds.location)
+    shutil.copytree(backup, ds.location)
+    assert Invalidation(Node(DS, "pets"), "versions") in t.poll()
+    with pytest.raises(FileNotFoundError):
+        read(t, "versions/2/rows/5/image")
+    assert read(t, "versions/1/rows/5/image") == image_bytes(5)
