@@ -121,15 +121,14 @@ class _Identity(NamedTuple):
         return s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size
 
     @classmethod
-    def of(cls, location: str, meta: dict[str, Any] | None = None) -> _Identity:
+    def of(cls, location: str) -> _Identity:
         stamp = cls.stamp_of(location)
-        if meta is None:
-            with open(os.path.join(location, "metadata", "dataset.json"), "rb") as f:
-                try:
-                    meta = json.loads(f.read())
-                except ValueError:
-                    meta = {}
-        return cls(meta.get("uuid"), stamp)
+        with open(os.path.join(location, "metadata", "dataset.json"), "rb") as f:
+            try:
+                uuid = json.loads(f.read()).get("uuid")
+            except (ValueError, AttributeError):
+                uuid = None
+        return cls(uuid, stamp)
 
     def same_dataset(self, other: _Identity) -> bool:
         # Without uuids (older datasets) a new dataset.json file is all we can go by.
@@ -231,6 +230,7 @@ class Tree:
         with self._key_lock(("ds", name)):
             st = self._states.get(name)
             if st is None:
+                inc = self._inc(name)
                 try:
                     # Identity first: should the dataset be re-created meanwhile, the
                     # next refresh sees a mismatch and starts over.
@@ -240,8 +240,10 @@ class Tree:
                     raise _enoent(name) from None
                 head = storage.head()
                 st = _DsState(storage, head, head.seq, RecordReader(storage.location), RecordFiles(storage.location),
-                              identity, self._inc(name))
-                self._states[name] = st
+                              identity, inc)
+                with self._lock:
+                    if self._inc(name) == inc:  # (not forgotten while it was built)
+                        self._states[name] = st
                 self._seen.add(name)
         return st
 
@@ -521,9 +523,9 @@ class Tree:
     def _forget(self, name: str) -> None:
         """Drop everything cached about dataset ``name``; if it comes back, it is
         another incarnation with other nodes."""
-        self._states.pop(name, None)
         with self._lock:
             self._incs[name] = self._incs.get(name, 0) + 1
+            self._states.pop(name, None)
             for key in [k for k in self._views if k[0] == name]:
                 del self._views[key]
 
