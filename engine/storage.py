@@ -9,6 +9,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,9 @@ class Storage:
             "primary_keys": list(primary_keys),
             "record_fields": record_fields,
             "created": now(),
+            # Names this dataset, not its path: one deleted and re-created under the same
+            # name is a different dataset (the mount drops what it cached of the old one).
+            "uuid": uuid.uuid4().hex,
             **(extra or {}),
         }
         with open(os.path.join(staging, "metadata", "dataset.json"), "wb") as f:

@@ -16,6 +16,8 @@ the GIL); builds of the same snapshot are serialised by a per-key lock.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import threading
 import time
@@ -43,6 +45,8 @@ _DIRS = {ROOT, DS, VERSIONS, TAGS, BRANCHES, VER, INDEX, ROWS, ROW, FILES}
 _LINKS = {CURRENT, TAG, BRANCH}
 VIEW_CACHE = 16
 
+log = logging.getLogger("spacefs.mount")
+
 
 class NeedsIO(Exception):
     """The answer needs disk I/O: ask again with ``io=True`` (from a worker thread)."""
@@ -51,7 +55,9 @@ class NeedsIO(Exception):
 class Node(NamedTuple):
     """Identity of one file or directory. Equal nodes are the same file, forever:
     snapshot contents never change, and nodes whose meaning depends on the file
-    layout carry its generation ``gen``."""
+    layout carry its generation ``gen``. Nodes of a dataset also carry its
+    incarnation ``inc``: one deleted and created again under the same name has other
+    snapshots under the same ids, so other nodes (and inodes)."""
 
     kind: str
     ds: str = ""
@@ -59,6 +65,7 @@ class Node(NamedTuple):
     row: int = -1
     name: str = ""
     gen: int = 0
+    inc: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,8 @@ class _DsState:
     seq: int
     reader: RecordReader
     files: RecordFiles
+    identity: _Identity
+    inc: int = 0
     layout_gen: int = 0
     snap_ns: dict[int, int] = field(default_factory=dict)
     dir_attrs: dict[int, Attr] = field(default_factory=dict)
@@ -96,6 +105,34 @@ class _DsState:
     @property
     def head_ns(self) -> int:
         return _ns(self.head.doc.get("time"))
+
+
+class _Identity(NamedTuple):
+    """Which dataset a name holds: the ``uuid`` of its ``dataset.json`` (None in
+    datasets made before uuids) and that file's ``stat`` stamp, a cheap first check
+    (the file is written once, at creation)."""
+
+    uuid: str | None
+    stamp: tuple[int, int, int, int]
+
+    @staticmethod
+    def stamp_of(location: str) -> tuple[int, int, int, int]:
+        s = os.stat(os.path.join(location, "metadata", "dataset.json"))
+        return s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size
+
+    @classmethod
+    def of(cls, location: str) -> _Identity:
+        stamp = cls.stamp_of(location)
+        with open(os.path.join(location, "metadata", "dataset.json"), "rb") as f:
+            try:
+                uuid = json.loads(f.read()).get("uuid")
+            except (ValueError, AttributeError):
+                uuid = None
+        return cls(uuid, stamp)
+
+    def same_dataset(self, other: _Identity) -> bool:
+        # Without uuids (older datasets) a new dataset.json file is all we can go by.
+        return self.uuid == other.uuid if self.uuid and other.uuid else self.stamp == other.stamp
 
 
 def _ns(iso: str | None) -> int:
@@ -150,10 +187,12 @@ class Tree:
             raise _enoent(f"{self.source}: not a catalog directory or a dataset")
         self.start_ns = time.time_ns()
         self._states: dict[str, _DsState] = {}
-        self._views: dict[tuple[str, int, int], SnapshotView] = {}
+        self._views: dict[tuple[str, int, int, int], SnapshotView] = {}
+        self._incs: dict[str, int] = {}  # incarnation of each dataset name (bumped when it goes)
         self._locks: dict[Any, threading.Lock] = {}
         self._lock = threading.Lock()
         self._seen: set[str] = set(self._list_datasets()) if self.catalog else set()
+        self._pending: list[Invalidation] = []  # found outside poll(), sent by the next one
 
     # -- datasets and caches ---------------------------------------------------
     def _path(self, name: str) -> str:
@@ -191,13 +230,20 @@ class Tree:
         with self._key_lock(("ds", name)):
             st = self._states.get(name)
             if st is None:
+                inc = self._inc(name)
                 try:
+                    # Identity first: should the dataset be re-created meanwhile, the
+                    # next refresh sees a mismatch and starts over.
+                    identity = _Identity.of(self._path(name))
                     storage = Storage(self._path(name))
-                except SpaceError:
+                except (SpaceError, FileNotFoundError, NotADirectoryError):
                     raise _enoent(name) from None
                 head = storage.head()
-                st = _DsState(storage, head, head.seq, RecordReader(storage.location), RecordFiles(storage.location))
-                self._states[name] = st
+                st = _DsState(storage, head, head.seq, RecordReader(storage.location), RecordFiles(storage.location),
+                              identity, inc)
+                with self._lock:
+                    if self._inc(name) == inc:  # (not forgotten while it was built)
+                        self._states[name] = st
                 self._seen.add(name)
         return st
 
@@ -216,7 +262,7 @@ class Tree:
         st = self.state(ds, io)
         if gen is not None and gen != st.layout_gen:
             raise _enoent(f"{ds}@{sid}: the file layout changed")
-        key = (ds, sid, st.layout_gen)
+        key = (ds, sid, st.layout_gen, st.inc)
         v = self._views.get(key)
         if v is not None and (not rows or v.rows_loaded) and (not files or v.files_loaded):
             return v
@@ -237,16 +283,26 @@ class Tree:
                     self._views.pop(next(iter(self._views)))
         return v
 
+    def _inc(self, ds: str) -> int:
+        return self._incs.get(ds, 0)
+
+    def _live(self, node: Node, io: bool) -> None:
+        """Refuse a node of a dataset since deleted (and maybe created again): what it
+        named is gone. (The root of a single-dataset mount is whatever is there.)"""
+        if self._incs and node.inc != self._incs.get(node.ds, 0) and node != self.root:
+            raise _enoent(f"{node.ds}: the dataset was deleted")
+
     # -- lookup ----------------------------------------------------------------
     def lookup(self, parent: Node, name: str, io: bool = True) -> Node:
         """The child ``name`` of directory ``parent``; FileNotFoundError if none."""
+        self._live(parent, io)
         k, ds = parent.kind, parent.ds
         if k == ROOT:
             self.state(name, io)
-            return Node(DS, name)
+            return Node(DS, name, inc=self._inc(name))
         if k == DS:
             if name in (VERSIONS, TAGS, BRANCHES, CURRENT):
-                return Node(name, ds)
+                return Node(name, ds, inc=self._inc(ds))
             raise _enoent(name)
         if k == VERSIONS:
             sid = _canonical_int(name)
@@ -256,94 +312,98 @@ class Tree:
             if sid > st.head.last_snapshot_id:
                 if not io:
                     raise NeedsIO
-                self._refresh(ds, st)  # a commit newer than the last poll
+                changes = self._refresh(ds, st)  # a commit newer than the last poll
+                with self._lock:
+                    self._pending += changes
+                st = self.state(ds, io)  # (a new one if the dataset was re-created)
                 if sid > st.head.last_snapshot_id:
                     raise _enoent(name)
-            return Node(VER, ds, sid)
+            return Node(VER, ds, sid, inc=parent.inc)
         if k in (TAGS, BRANCHES):
             refs = self.state(ds, io).head.tags if k == TAGS else self.state(ds, io).head.branches
             if name not in refs:
                 raise _enoent(name)
-            return Node(TAG if k == TAGS else BRANCH, ds, name=name)
+            return Node(TAG if k == TAGS else BRANCH, ds, name=name, inc=parent.inc)
         if k == VER:
             st = self.state(ds, io)
             if name == "schema.json":
-                return Node(SCHEMA, ds, parent.sid, gen=st.layout_gen)
+                return Node(SCHEMA, ds, parent.sid, gen=st.layout_gen, inc=parent.inc)
             if name == "index":
-                return Node(INDEX, ds, parent.sid)
+                return Node(INDEX, ds, parent.sid, inc=parent.inc)
             if name == "rows":
-                return Node(ROWS, ds, parent.sid)
+                return Node(ROWS, ds, parent.sid, inc=parent.inc)
             if name == "files" and st.layout is not None:
-                return Node(FILES, ds, parent.sid, gen=st.layout_gen)
+                return Node(FILES, ds, parent.sid, gen=st.layout_gen, inc=parent.inc)
             raise _enoent(name)
         if k == INDEX:
             if name in self.view(ds, parent.sid, io).index_files:
-                return Node(IXFILE, ds, parent.sid, name=name)
+                return Node(IXFILE, ds, parent.sid, name=name, inc=parent.inc)
             raise _enoent(name)
         if k == ROWS:
             row = self.view(ds, parent.sid, io, rows=True).row_by_name(name)
             if row is None:
                 raise _enoent(name)
-            return Node(ROW, ds, parent.sid, row)
+            return Node(ROW, ds, parent.sid, row, inc=parent.inc)
         if k == ROW:
             if self.view(ds, parent.sid, io, rows=True).has_field(parent.row, name):
-                return Node(FIELD, ds, parent.sid, parent.row, name)
+                return Node(FIELD, ds, parent.sid, parent.row, name, inc=parent.inc)
             raise _enoent(name)
         if k == FILES:
             v = self.view(ds, parent.sid, io, files=True, gen=parent.gen)
             path = f"{parent.name}/{name}" if parent.name else name
             if path in v.files.dirs:
-                return Node(FILES, ds, parent.sid, name=path, gen=parent.gen)
+                return Node(FILES, ds, parent.sid, name=path, gen=parent.gen, inc=parent.inc)
             row = v.files.files.get(path)
             if row is not None:
-                return Node(FILE, ds, parent.sid, row, path, parent.gen)
+                return Node(FILE, ds, parent.sid, row, path, parent.gen, parent.inc)
             raise _enoent(name)
         raise NotADirectoryError(20, "Not a directory", name)
 
     # -- listing ---------------------------------------------------------------
     def children(self, node: Node, io: bool = True) -> Sequence[tuple[str, Node]]:
         """The entries of directory ``node`` (a lazy sequence where it may be long)."""
+        self._live(node, io)
         k, ds = node.kind, node.ds
         if k == ROOT:
             if not io:
                 raise NeedsIO
-            return [(n, Node(DS, n)) for n in self._list_datasets()]
+            return [(n, Node(DS, n, inc=self._inc(n))) for n in self._list_datasets()]
         if k == DS:
-            return [(n, Node(n, ds)) for n in (VERSIONS, TAGS, BRANCHES, CURRENT)]
+            return [(n, Node(n, ds, inc=self._inc(ds))) for n in (VERSIONS, TAGS, BRANCHES, CURRENT)]
         if k == VERSIONS:
-            n = self.state(ds, io).head.last_snapshot_id + 1
-            return _Seq(n, lambda i: (str(i), Node(VER, ds, i)))
+            n, inc = self.state(ds, io).head.last_snapshot_id + 1, node.inc
+            return _Seq(n, lambda i: (str(i), Node(VER, ds, i, inc=inc)))
         if k in (TAGS, BRANCHES):
             head = self.state(ds, io).head
             refs, kind = (head.tags, TAG) if k == TAGS else (head.branches, BRANCH)
-            return [(n, Node(kind, ds, name=n)) for n in sorted(refs)]
+            return [(n, Node(kind, ds, name=n, inc=node.inc)) for n in sorted(refs)]
         if k == VER:
             st = self.state(ds, io)
-            out = [("schema.json", Node(SCHEMA, ds, node.sid, gen=st.layout_gen)),
-                   ("index", Node(INDEX, ds, node.sid)), ("rows", Node(ROWS, ds, node.sid))]
+            out = [("schema.json", Node(SCHEMA, ds, node.sid, gen=st.layout_gen, inc=node.inc)),
+                   ("index", Node(INDEX, ds, node.sid, inc=node.inc)), ("rows", Node(ROWS, ds, node.sid, inc=node.inc))]
             if st.layout is not None:
-                out.append(("files", Node(FILES, ds, node.sid, gen=st.layout_gen)))
+                out.append(("files", Node(FILES, ds, node.sid, gen=st.layout_gen, inc=node.inc)))
             return out
         if k == INDEX:
-            return [(n, Node(IXFILE, ds, node.sid, name=n)) for n in self.view(ds, node.sid, io).index_files]
+            return [(n, Node(IXFILE, ds, node.sid, name=n, inc=node.inc)) for n in self.view(ds, node.sid, io).index_files]
         if k == ROWS:
             names = RowNames(self.view(ds, node.sid, io, rows=True))
-            sid = node.sid
+            sid, inc = node.sid, node.inc
 
             def get(i: int) -> tuple[str, Node]:
                 name, row = names[i]
-                return name, Node(ROW, ds, sid, row)
+                return name, Node(ROW, ds, sid, row, inc=inc)
 
             return _Seq(len(names), get)
         if k == ROW:
             v = self.view(ds, node.sid, io, rows=True)
-            return [(f, Node(FIELD, ds, node.sid, node.row, f)) for f in v.fields_of(node.row)]
+            return [(f, Node(FIELD, ds, node.sid, node.row, f, inc=node.inc)) for f in v.fields_of(node.row)]
         if k == FILES:
             v = self.view(ds, node.sid, io, files=True, gen=node.gen)
             entries = v.files.dirs.get(node.name, [])
             base = f"{node.name}/" if node.name else ""
-            return _Seq(len(entries), lambda i: (entries[i][0], Node(FILES, ds, node.sid, name=base + entries[i][0], gen=node.gen)
-                                                 if entries[i][1] else Node(FILE, ds, node.sid, entries[i][2], base + entries[i][0], node.gen)))
+            return _Seq(len(entries), lambda i: (entries[i][0], Node(FILES, ds, node.sid, name=base + entries[i][0], gen=node.gen, inc=node.inc)
+                                                 if entries[i][1] else Node(FILE, ds, node.sid, entries[i][2], base + entries[i][0], node.gen, node.inc)))
         raise NotADirectoryError(20, "Not a directory", node.name)
 
     # -- attributes ------------------------------------------------------------
@@ -351,6 +411,7 @@ class Tree:
         k = node.kind
         if k == ROOT:
             return Attr(DIR, 0, self.start_ns, False)
+        self._live(node, io)
         st = self.state(node.ds, io)
         if k in (DS, VERSIONS, TAGS, BRANCHES):
             return Attr(DIR, 0, st.head_ns, False)
@@ -407,6 +468,7 @@ class Tree:
 
     def read(self, node: Node, offset: int, size: int, io: bool = True) -> bytes:
         """Up to ``size`` bytes at ``offset`` of file ``node``."""
+        self._live(node, io)
         k = node.kind
         if k == SCHEMA:
             return self._schema_json(node, io)[offset : offset + size]
@@ -442,29 +504,60 @@ class Tree:
     def _refresh(self, name: str, st: _DsState) -> list[Invalidation]:
         """Re-read one dataset's log head; say what the kernel must forget."""
         with self._key_lock(("refresh", name)):
+            if self._states.get(name) is not st:
+                return []  # already replaced or dropped
             seq = st.storage.log.head_seq()
+            stamp = _Identity.stamp_of(st.storage.location)
+            if seq == st.seq and stamp == st.identity.stamp:
+                return []
+            # The log moved or dataset.json is another file: is it still the same dataset?
+            # (A log never shrinks: one that did was replaced, by an older copy say.)
+            identity = _Identity.of(st.storage.location)
+            if seq < st.seq or not st.identity.same_dataset(identity):
+                return self._recreated(name)
+            st.identity = identity
             if seq == st.seq:
                 return []
             return self._changed(name, st, seq)
 
+    def _forget(self, name: str) -> None:
+        """Drop everything cached about dataset ``name``; if it comes back, it is
+        another incarnation with other nodes."""
+        with self._lock:
+            self._incs[name] = self._incs.get(name, 0) + 1
+            self._states.pop(name, None)
+            for key in [k for k in self._views if k[0] == name]:
+                del self._views[key]
+
+    def _recreated(self, name: str) -> list[Invalidation]:
+        """``name`` now holds another dataset (deleted and created again): its
+        snapshots are other snapshots under the same ids. Forget all of it; the kernel
+        forgets the dataset's directory entries, and with them everything under them."""
+        log.info("%s: deleted and created again; forgetting the old one", self._path(name))
+        self._forget(name)
+        if self.catalog:
+            return [Invalidation(self.root, name), Invalidation(self.root)]
+        return [Invalidation(self.root)] + [Invalidation(self.root, n) for n in (VERSIONS, TAGS, BRANCHES, CURRENT)]
+
     def _changed(self, name: str, st: _DsState, seq: int) -> list[Invalidation]:
         old, head = st.head, st.storage.log.entry(seq)
-        ds_node = self.root if not self.catalog else Node(DS, name)
+        inc = st.inc
+        ds_node = self.root if not self.catalog else Node(DS, name, inc=inc)
         out: list[Invalidation] = []
         for kind, refs_old, refs_new in ((TAGS, old.tags, head.tags), (BRANCHES, old.branches, head.branches)):
-            d = Node(kind, name)
+            d = Node(kind, name, inc=inc)
             for ref in refs_old:
                 if refs_new.get(ref) != refs_old[ref]:
                     out.append(Invalidation(d, ref))
-                    out.append(Invalidation(Node(TAG if kind == TAGS else BRANCH, name, name=ref)))
+                    out.append(Invalidation(Node(TAG if kind == TAGS else BRANCH, name, name=ref, inc=inc)))
             if refs_old != refs_new:
                 out.append(Invalidation(d))
         if old.branches.get(DEFAULT_BRANCH) != head.branches.get(DEFAULT_BRANCH):
             out.append(Invalidation(ds_node, CURRENT))
-        out += [Invalidation(ds_node), Invalidation(Node(VERSIONS, name))]
+        out += [Invalidation(ds_node), Invalidation(Node(VERSIONS, name, inc=inc))]
         if old.settings.get("file_layout") != head.settings.get("file_layout"):
             for sid in range(head.last_snapshot_id + 1):
-                v = Node(VER, name, sid)
+                v = Node(VER, name, sid, inc=st.inc)
                 out += [Invalidation(v, "files"), Invalidation(v, "schema.json")]
             st.layout_gen += 1
         st.head, st.seq = head, seq
@@ -473,12 +566,13 @@ class Tree:
     def poll(self) -> list[Invalidation]:
         """Look for commits, new and removed datasets since the last poll (cheap: a few
         ``stat`` calls per open dataset). Call it from a worker thread."""
-        out: list[Invalidation] = []
+        with self._lock:
+            out, self._pending = self._pending, []
         if self.catalog:
             names = set(self._list_datasets())
             for gone in self._seen - names:
                 out.append(Invalidation(self.root, gone))
-                self._states.pop(gone, None)
+                self._forget(gone)
             if names != self._seen:
                 out.append(Invalidation(self.root))
             self._seen = names
@@ -487,7 +581,7 @@ class Tree:
                 out += self._refresh(name, st)
             except (OSError, SpaceError):
                 if self.catalog:  # the dataset was deleted or moved away
-                    self._states.pop(name, None)
+                    self._forget(name)
                     out.append(Invalidation(self.root, name))
         return out
 

@@ -53,15 +53,26 @@ def import_parquet_cmd(src: tuple[str, ...], dataset: str, primary_keys: tuple[s
 @click.option("--content-field", default="content", show_default=True, help="Name of the field holding file bytes.")
 @click.option("--mode", type=click.Choice(["append", "insert", "upsert"]), default="insert", show_default=True,
               help="insert refuses a file already stored; upsert replaces it.")
-def import_folder_cmd(src: str, dataset: str, content_field: str, mode: str) -> None:
+@click.option("--follow-symlinks", is_flag=True,
+              help="Also import files that symlinks point to outside SRC (by default they are skipped).")
+def import_folder_cmd(src: str, dataset: str, content_field: str, mode: str, follow_symlinks: bool) -> None:
     """Import a folder in ImageFolder layout (SRC/<class>/<file>) into DATASET.
 
     Rows are (label, name, content); the dataset's file layout {label}/{name} makes the
-    mount show the same tree under files/.
+    mount show the same tree under files/. Only regular files are read: symlinks out
+    of SRC (unless --follow-symlinks), FIFOs, devices and sockets are skipped with a
+    warning.
     """
+    import logging
+
     from spacefs.io.folder import import_folder
 
-    click.echo(import_folder(src, dataset, content_field, mode).summary())
+    # The warnings are printed below, once each, in the CLI's own format.
+    logging.getLogger("spacefs.io").addHandler(logging.NullHandler())
+    result = import_folder(src, dataset, content_field, mode, follow_symlinks=follow_symlinks)
+    for line in result.skipped:
+        click.echo(f"spacefs: warning: skipped {line}", err=True)
+    click.echo(result.summary())
 
 
 @import_group.command(name="webdataset")
@@ -139,7 +150,12 @@ def export_folder_cmd(dataset: str, dest: str, version: str | None, path: str | 
 @click.option("--samples-per-shard", default=10_000, show_default=True, type=click.IntRange(1))
 def export_webdataset_cmd(dataset: str, dest: str, version: str | None, fields: tuple[str, ...],
                           samples_per_shard: int) -> None:
-    """Export a version as WebDataset tar shards, one sample per row."""
+    """Export a version as WebDataset tar shards, one sample per row.
+
+    Keys become member names that cannot leave the directory a shard is unpacked in:
+    an empty segment, a segment's leading '.', '%' and control characters are
+    percent-encoded.
+    """
     from spacefs.io.webdataset import export_webdataset
 
     shards = export_webdataset(dataset, dest, version, samples_per_shard, list(fields) or None)

@@ -9,15 +9,28 @@ same tree and an export writes it back. Names of files in nested folders keep th
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from spacefs.engine.errors import NotFoundError, UserInputError
 from spacefs.engine.layout import format_path, layout_fields, validate_layout
 
-from .target import ImportResult, import_target, open_dataset, output_dir, progress, write_rows
+from .target import (
+    ContainedWriter,
+    ImportResult,
+    import_target,
+    open_dataset,
+    output_dir,
+    progress,
+    write_rows,
+)
+
+log = logging.getLogger("spacefs.io")
 
 BATCH_FILES = 4096
 BATCH_BYTES = 64 << 20
@@ -31,40 +44,135 @@ def folder_layout(content_field: str = "content") -> dict[str, str]:
     return {"path": "{label}/{name}", "content": content_field}
 
 
-def scan_folder(root: str) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """``(label, name, path)`` of every file in a class folder, and the files outside any
-    (skipped, as ImageFolder does). Hidden files and folders are skipped."""
+@dataclass(frozen=True)
+class FolderScan:
+    """What an import will read: ``files`` as ``(label, name, path, stat)``, and the
+    entries ``skipped`` (each a line saying which and why)."""
+
+    files: list[tuple[str, str, str, os.stat_result]]
+    skipped: list[str]
+
+
+def scan_folder(root: str, follow_symlinks: bool = False) -> FolderScan:
+    """Every regular file in a class folder of ``root``, never anything else.
+
+    Files outside any class folder (as ImageFolder does), hidden files and folders are
+    left out. The import stays inside ``root``: a symlink whose target lies outside it
+    is skipped with a warning unless ``follow_symlinks`` (symlinks within ``root`` are
+    followed, each directory once, so a link loop ends). FIFOs, devices and sockets are
+    skipped whatever the links: they are ``stat``-ed, never opened, so none can hang
+    the import or stream forever.
+    """
     if not os.path.isdir(root):
         raise NotFoundError(f"no such folder: {root}")
-    files: list[tuple[str, str, str]] = []
-    stray: list[str] = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            stray.append(entry.path)
-            continue
-        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fn in sorted(filenames):
-                if fn.startswith("."):
+    real_root = os.path.realpath(root)
+    files: list[tuple[str, str, str, os.stat_result]] = []
+    skipped: list[str] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def classify(path: str) -> tuple[os.stat_result, str] | None:
+        """The stat of what ``path`` names and the path to open it by (a link's
+        resolved target, so the read never follows a link), or None: skipped."""
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(path)
+                if not follow_symlinks and os.path.commonpath([real_root, target]) != real_root:
+                    skipped.append(f"{path}: symlink to {target}, outside {root} "
+                                   "(--follow-symlinks, or follow_symlinks=True, imports it)")
+                    return None
+                st, path = os.stat(target), target
+        except OSError as e:
+            skipped.append(f"{path}: {e.strerror}")
+            return None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            skipped.append(f"{path}: not a regular file ({_kind(st.st_mode)})")
+            return None
+        return st, path
+
+    def walk(label: str, top: str, st: os.stat_result) -> None:
+        stack = [(top, "", st)]
+        while stack:
+            path, prefix, dst = stack.pop()
+            if (dst.st_dev, dst.st_ino) in seen_dirs:
+                skipped.append(f"{path}: a folder already imported (a symlink loop or a second link to it)")
+                continue
+            seen_dirs.add((dst.st_dev, dst.st_ino))
+            try:
+                entries = sorted(e.name for e in os.scandir(path) if not e.name.startswith("."))
+            except OSError as e:
+                skipped.append(f"{path}: {e.strerror}")
+                continue
+            subdirs = []
+            for name in entries:
+                child = os.path.join(path, name)
+                found = classify(child)
+                if found is None:
                     continue
-                path = os.path.join(dirpath, fn)
-                files.append((entry.name, os.path.relpath(path, entry.path).replace(os.sep, "/"), path))
+                cst, real = found
+                if stat.S_ISDIR(cst.st_mode):
+                    subdirs.append((child, f"{prefix}{name}/", cst))
+                else:
+                    files.append((label, prefix + name, real, cst))
+            stack.extend(reversed(subdirs))
+
+    for name in sorted(e.name for e in os.scandir(root)):
+        if name.startswith("."):
+            continue
+        path = os.path.join(root, name)
+        found = classify(path)
+        if found is not None and stat.S_ISDIR(found[0].st_mode):
+            walk(name, path, found[0])
     if not files:
         raise UserInputError(f"{root} has no files in class folders (expected {root}/<class>/<file>)")
-    return files, stray
+    for line in skipped:
+        log.warning("import folder: skipped %s", line)
+    return FolderScan(files, skipped)
 
 
-def import_folder(src: str, location: str, content_field: str = "content", mode: str = "insert") -> ImportResult:
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a file or folder"
+
+
+def read_file(path: str, expected: os.stat_result) -> bytes:
+    """The bytes of the regular file the scan saw at ``path``.
+
+    ``O_NONBLOCK`` and ``O_NOFOLLOW`` (``path`` is a link's resolved target where the
+    scan followed one) are a belt for a race: should ``path`` have become a FIFO or a
+    link since the scan, opening it neither blocks nor follows, and the ``fstat``
+    below refuses anything but the same regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserInputError(f"cannot read {path}: {e.strerror}") from None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+            raise UserInputError(f"{path} changed while being imported (it is no longer the file scanned)")
+        try:
+            return f.read()
+        except OSError as e:
+            raise UserInputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def import_folder(src: str, location: str, content_field: str = "content", mode: str = "insert",
+                  follow_symlinks: bool = False) -> ImportResult:
     """Import an ImageFolder-style tree into the dataset at ``location`` in one snapshot.
 
     The default mode ``insert`` refuses a file already stored under the same
-    ``(label, name)``; ``upsert`` replaces it instead.
+    ``(label, name)``; ``upsert`` replaces it instead. Only regular files inside
+    ``src`` are read (see ``scan_folder``); what was skipped is logged as a warning
+    and listed in the result's ``skipped``.
     """
-    files, _stray = scan_folder(src)
+    scan = scan_folder(src, follow_symlinks)
+    files = scan.files
     schema = folder_schema(content_field)
-    total = sum(os.path.getsize(p) for _, _, p in files)
+    total = sum(st.st_size for _, _, _, st in files)
     with import_target(location, schema, ["label", "name"], [content_field], f"folder {src}",
                        file_layout=folder_layout(content_field)) as (ds, created):
         bar = progress(total, f"import {os.path.basename(ds.location)}", unit="B")
@@ -74,12 +182,8 @@ def import_folder(src: str, location: str, content_field: str = "content", mode:
             names: list[str] = []
             blobs: list[bytes] = []
             size = 0
-            for label, name, path in files:
-                try:
-                    with open(path, "rb") as f:
-                        data = f.read()
-                except OSError as e:
-                    raise UserInputError(f"cannot read {path}: {e.strerror}") from None
+            for label, name, path, st in files:
+                data = read_file(path, st)
                 labels.append(label)
                 names.append(name)
                 blobs.append(data)
@@ -93,7 +197,8 @@ def import_folder(src: str, location: str, content_field: str = "content", mode:
 
         with bar:
             result = write_rows(ds, tables(), mode)
-    return ImportResult(ds.location, result.snapshot_id, len(files) if result.snapshot_id is not None else 0, created)
+    rows = len(files) if result.snapshot_id is not None else 0
+    return ImportResult(ds.location, result.snapshot_id, rows, created, tuple(scan.skipped))
 
 
 def _table(schema: pa.Schema, labels: list[str], names: list[str], blobs: list[bytes]) -> pa.Table:
@@ -117,22 +222,23 @@ def export_folder(location: str, dest: str, version: int | str | None = None, pa
     validate_layout(layout, ds.schema, ds.record_fields)
     fields = sorted(set(layout_fields(layout["path"])) | {layout["content"]})
     sid = ds.snapshot_id(version)
-    seen: set[str] = set()
-    with output_dir(dest) as staging, progress(ds.num_rows(sid), f"export {ds.name}", unit="file") as bar:
+    n = 0
+    with output_dir(dest) as staging, progress(ds.num_rows(sid), f"export {ds.name}", unit="file") as bar, \
+            ContainedWriter(staging) as out:
         for t in ds.local().read(version=sid, fields=fields):
             for row in t.to_pylist():
                 rel = format_path(layout["path"], row)
-                if rel in seen:
-                    raise UserInputError(f"{ds.location}: two rows map to the same file {rel!r}")
-                seen.add(rel)
-                target = os.path.join(staging, rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
+                try:
+                    fd = out.open(rel)
+                except UserInputError as e:
+                    raise UserInputError(f"{ds.location}: {e}") from None
                 data = row[layout["content"]]
-                with open(target, "wb") as f:
+                with open(fd, "wb") as f:
                     if data is not None:
                         f.write(data if isinstance(data, bytes) else _as_bytes(data))
+                n += 1
                 bar.update(1)
-    return len(seen)
+    return n
 
 
 def _as_bytes(value: object) -> bytes:

@@ -9,6 +9,7 @@ only when complete.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from spacefs.engine import Dataset
 from spacefs.engine.errors import AlreadyExistsError, NotFoundError, SchemaError, UserInputError
+from spacefs.engine.layout import check_relative_path
 
 MODES = ("append", "insert", "upsert")
 
@@ -40,11 +42,13 @@ class ImportResult:
     snapshot_id: int | None
     rows: int
     created: bool
+    skipped: tuple[str, ...] = ()  # source entries left out, each with the reason
 
     def summary(self) -> str:
         where = f"snapshot {self.snapshot_id}" if self.snapshot_id is not None else "no new snapshot"
         made = "new dataset " if self.created else ""
-        return f"imported {self.rows} rows into {made}{self.location} ({where})"
+        left = f"; skipped {len(self.skipped)}" if self.skipped else ""
+        return f"imported {self.rows} rows into {made}{self.location} ({where}{left})"
 
 
 def is_dataset(location: str) -> bool:
@@ -177,3 +181,71 @@ def output_dir(dest: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+class ContainedWriter:
+    """Creates files at relative paths under ``root`` and nowhere else.
+
+    Paths are checked (no absolute path, no empty, ``.`` or ``..`` component), then
+    walked one directory at a time with ``openat`` and ``O_NOFOLLOW``: a symlink
+    planted anywhere under ``root``, even while the export runs, cannot redirect a
+    write outside it (stronger than checking ``realpath`` first, which a swap between
+    the check and the ``open`` defeats). Directory descriptors are kept for reuse.
+    """
+
+    MAX_DIR_FDS = 64
+
+    def __init__(self, root: str):
+        self.root = root
+        self._dirs: dict[tuple[str, ...], int] = {(): os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)}
+
+    def open(self, rel: str) -> int:
+        """A new file ``rel`` opened for writing (``O_EXCL``: never an existing one)."""
+        try:
+            parts = check_relative_path(rel, "export path")
+        except SchemaError as e:
+            raise UserInputError(f"refusing to write outside {self.root}: {e}") from None
+        dir_fd = self._dir(tuple(parts[:-1]))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(parts[-1], flags, 0o644, dir_fd=dir_fd)
+        except FileExistsError:
+            raise UserInputError(f"{rel!r} is written twice (two rows map to the same file)") from None
+        except IsADirectoryError:
+            raise UserInputError(f"{rel!r} is both a file and a directory of the export") from None
+
+    def _dir(self, parts: tuple[str, ...]) -> int:
+        fd = self._dirs.get(parts)
+        if fd is not None:
+            return fd
+        parent = self._dir(parts[:-1])
+        name = parts[-1]
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except OSError as e:
+            where = "/".join(parts)
+            if e.errno in (errno.ENOTDIR, errno.ELOOP):
+                raise UserInputError(f"refusing to write through {where!r} under {self.root}: it is a symlink "
+                                     "or a file, not a directory") from None
+            raise
+        if len(self._dirs) >= self.MAX_DIR_FDS:
+            # Drop half, keeping this directory's ancestors (the caller holds one).
+            for key in [k for k in self._dirs if k and parts[: len(k)] != k][: len(self._dirs) // 2]:
+                os.close(self._dirs.pop(key))
+        self._dirs[parts] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    def __enter__(self) -> ContainedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -73,6 +73,7 @@ def scan_shards(files: Sequence[str]) -> ShardScan:
         try:
             with tarfile.open(f, "r:*") as tf:
                 for m in tf:
+                    check_member_name(m.name, f)
                     if not m.isreg() or os.path.basename(m.name).startswith("__"):
                         continue
                     match = _BASE_PLUS_EXT.match(m.name)
@@ -85,6 +86,8 @@ def scan_shards(files: Sequence[str]) -> ShardScan:
                 end = tf.fileobj.read(tarfile.BLOCKSIZE)
                 if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
                     raise tarfile.ReadError("truncated: no end-of-archive marker")
+        except SpaceError:
+            raise
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise UserInputError(f"corrupt tar shard {f}: {_one_line(e)}") from None
         samples[f] = len(keys)
@@ -212,14 +215,43 @@ def _check_extensions(schema: pa.Schema, exts: Sequence[str], key_field: str, so
 # -- export --------------------------------------------------------------------
 def sample_key(row: dict[str, Any], keys: Sequence[str]) -> str:
     """A WebDataset ``__key__`` for a row: its primary key, with no ``.`` in the last
-    path segment (WebDataset splits the extension at the first dot)."""
+    path segment (WebDataset splits the extension at the first dot).
+
+    A single string key keeps its ``/`` as folders (``train/000123``), but every
+    segment is made safe to extract: ``%``, control characters and a leading ``.`` are
+    percent-encoded, an empty segment is ``%00``. So ``../../etc/x`` becomes
+    ``%2E./%2E./etc/x``: a key can never name a member outside the directory the tar
+    is unpacked in (no absolute name, no ``.``/``..``/empty component).
+    """
     if len(keys) == 1:
-        text = str(row[keys[0]])
+        segments = [_member_segment(s) for s in str(row[keys[0]]).split("/")]
     else:
-        text = ",".join(encode_component(row[k]) for k in keys)
-    head, _, last = text.rpartition("/")
-    last = last.replace("%", "%25").replace(".", "%2E")
-    return f"{head}/{last}" if head else last
+        segments = [",".join(encode_component(row[k]) for k in keys)]
+    segments[-1] = segments[-1].replace(".", "%2E")
+    key = "/".join(segments)
+    check_member_name(key)  # by construction; kept as the last word before a write
+    return key
+
+
+def _member_segment(seg: str) -> str:
+    out = []
+    for i, ch in enumerate(seg):
+        if ch == "%" or ord(ch) < 0x20 or ord(ch) == 0x7F or (i == 0 and ch == "."):
+            out.append("".join(f"%{b:02X}" for b in ch.encode()))
+        else:
+            out.append(ch)
+    return "".join(out) or "%00"
+
+
+def check_member_name(name: str, shard: str | None = None) -> None:
+    """Refuse a tar member name that would land outside the directory it is unpacked
+    in: absolute, a ``..`` component, or a NUL. (``.`` and empty components, as in
+    ``./000123.jpg`` from ``tar cf x.tar .``, are harmless and allowed.)"""
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts or "\0" in name:
+        where = f" in {shard}" if shard else ""
+        raise UserInputError(f"unsafe tar member name {name!r}{where}: absolute or with a '..' component")
+
 
 
 def _file_bytes(value: Any) -> bytes:
