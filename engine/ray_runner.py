@@ -160,6 +160,7 @@ class RayRunner(LocalRunner):
 
     def read_all(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
                  batch_size: int | None = None, reference_read: bool = False) -> pa.Table:
+        """Like ``read``, as one ``pyarrow.Table``."""
         from .reads import output_schema, resolve_fields
 
         parts = [t for t in self.read(filter_, fields, version, batch_size, reference_read) if t.num_rows]
@@ -182,6 +183,7 @@ class MVRayRunner(RayRunner):
         return refresh(self.mv, self._executor(), version, batch_size, self.file_options, self.mv.current_branch)
 
     def _refuse(self, *args: Any, **kwargs: Any) -> JobResult:
+        """Refused: an MV is written by ``refresh()`` (raises ``UserInputError``)."""
         from .errors import UserInputError
 
         raise UserInputError(f"materialized view {self.mv.name} is written by refresh(); "

@@ -168,14 +168,35 @@ class LocalRunner:
     # -- reads -----------------------------------------------------------------
     def read(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
              batch_size: int | None = None, reference_read: bool = False) -> Iterator[pa.Table]:
+        """Rows of ``version`` (default: the runner's branch) as a stream of Arrow tables.
+
+        Args:
+            filter_: a SQL predicate (``"label = 'cat'"``) or a pyarrow expression.
+            fields: the fields to read (default all); record fields are read from
+                ArrayRecord unless ``reference_read``, which gives their references.
+            batch_size: rows per table at most.
+
+        Raises:
+            VersionNotFoundError: no such version.
+            UserInputError: an unknown field or a bad filter.
+        """
         return reads.read(self.storage, version, filter_, fields, batch_size, reference_read, self.branch)
 
     def read_all(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
                  batch_size: int | None = None, reference_read: bool = False) -> pa.Table:
+        """Like ``read``, as one ``pyarrow.Table``."""
         return reads.read_all(self.storage, version=version, filter_=filter_, fields=fields,
                               batch_size=batch_size, reference_read=reference_read, branch=self.branch)
 
     def diff(self, start_version: Version, end_version: Version) -> Iterator[ChangeData]:
+        """The changes from ``start_version`` to ``end_version``, snapshot by snapshot.
+
+        Yields ``ChangeData(snapshot_id, change_type, data)``: per snapshot, the deleted
+        rows' keys (``DELETE``) then the added rows (``ADD``).
+
+        Raises:
+            UserInputError: ``end_version`` does not descend from ``start_version``.
+        """
         return diff_mod.diff(self.storage, start_version, end_version, self.branch)
 
 

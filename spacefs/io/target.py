@@ -42,6 +42,7 @@ class ImportResult:
     created: bool
 
     def summary(self) -> str:
+        """One line for people: rows imported, into which dataset, which snapshot."""
         where = f"snapshot {self.snapshot_id}" if self.snapshot_id is not None else "no new snapshot"
         made = "new dataset " if self.created else ""
         return f"imported {self.rows} rows into {made}{self.location} ({where})"
