@@ -56,7 +56,8 @@ def scan_folder(root: str) -> tuple[list[tuple[str, str, str]], list[str]]:
     return files, stray
 
 
-def import_folder(src: str, location: str, content_field: str = "content", mode: str = "insert") -> ImportResult:
+def import_folder(src: str, location: str, content_field: str = "content", mode: str = "insert", *,
+                  branch: str | None = None, message: str | None = None) -> ImportResult:
     """Import an ImageFolder-style tree into the dataset at ``location`` in one snapshot.
 
     The default mode ``insert`` refuses a file already stored under the same
@@ -92,7 +93,7 @@ def import_folder(src: str, location: str, content_field: str = "content", mode:
                 yield _table(schema, labels, names, blobs)
 
         with bar:
-            result = write_rows(ds, tables(), mode)
+            result = write_rows(ds, tables(), mode, branch, message)
     return ImportResult(ds.location, result.snapshot_id, len(files) if result.snapshot_id is not None else 0, created)
 
 

@@ -26,7 +26,15 @@ from spacefs.engine import RayOptions
 from spacefs.engine.errors import NotFoundError, SchemaError, SpaceError, UserInputError
 from spacefs.engine.layout import encode_component
 
-from .target import ImportResult, import_target, open_dataset, output_dir, progress, rechunk
+from .target import (
+    ImportResult,
+    import_target,
+    on_branch,
+    open_dataset,
+    output_dir,
+    progress,
+    rechunk,
+)
 
 TEXT_EXTS = frozenset({"txt", "text", "cls", "cls2", "class", "label", "id", "index", "json", "caption"})
 BATCH_SAMPLES = 1024
@@ -167,11 +175,13 @@ def rechunk_shard(path: str, schema: pa.Schema, key_field: str = "key",
 
 
 def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterable[str] = TEXT_EXTS,
-                      key_field: str = "key", ray: bool = False, max_parallelism: int = 4) -> ImportResult:
+                      key_field: str = "key", ray: bool = False, max_parallelism: int = 4, *,
+                      branch: str | None = None, message: str | None = None) -> ImportResult:
     """Ingest WebDataset shards into the dataset at ``location`` (created if absent) in
     parallel, one shard per worker, all in one snapshot.
 
     With ``ray=True`` the shards are read by Ray tasks (``ds.ray(...).append_from``).
+    ``branch``: the branch written (default main); ``message``: a note kept with the snapshot.
     """
     files = shard_files(src)
     scan = scan_shards(files)
@@ -183,11 +193,12 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
     else:
         schema, record_fields = wds_schema(scan.extensions, text_exts, key_field)
     with import_target(location, schema, [key_field], record_fields, f"WebDataset {files[0]}") as (ds, created):
+        on_branch(ds, branch)
         with progress(total, f"import {os.path.basename(ds.location)}", unit="sample") as bar:
             if ray:
                 sources = [partial(rechunk_shard, f, ds.schema, key_field) for f in files]
                 try:
-                    result = ds.ray(RayOptions(max_parallelism=max_parallelism)).append_from(sources)
+                    result = ds.ray(RayOptions(max_parallelism=max_parallelism)).append_from(sources, message=message)
                 except Exception as e:
                     # A task's error arrives wrapped with its remote traceback: report the cause.
                     cause = getattr(e, "cause", None)
@@ -197,7 +208,7 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
                 bar.update(total)
             else:
                 sources = [partial(rechunk_shard, f, ds.schema, key_field, bar.update) for f in files]
-                result = ds.local().append_from(sources, max_workers=max_parallelism)
+                result = ds.local().append_from(sources, max_workers=max_parallelism, message=message)
     return ImportResult(ds.location, result.snapshot_id, total if result.snapshot_id is not None else 0, created)
 
 
