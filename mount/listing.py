@@ -48,6 +48,7 @@ def active_mounts() -> list[ActiveMount]:
     for mp in mountpoints():
         state = paths.read_state(mp) or {}
         pid = state.get("pid")
-        alive = bool(pid) and paths.daemon_alive(pid) and not paths.is_stale(mp)
+        # Never stat the mountpoint: a wedged daemon would hang the listing with it.
+        alive = bool(pid) and paths.daemon_alive(pid)
         found.append(ActiveMount(mp, state.get("source"), pid, state.get("log"), "serving" if alive else "stale"))
     return found
