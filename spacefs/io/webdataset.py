@@ -40,6 +40,12 @@ TEXT_EXTS = frozenset({"txt", "text", "cls", "cls2", "class", "label", "id", "in
 BATCH_SAMPLES = 1024
 BATCH_BYTES = 64 << 20
 _BASE_PLUS_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's own key rule
+# Written beside exported shards: the Arrow types of the fields stored as text, so an
+# import of the shards gives them back as typed index fields (a file ``x.name`` says
+# nothing about whether ``name`` was a string). Readers of the shards ignore it.
+FIELD_TYPES_FILE = "spacefs-fields.json"
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating,
+               pa.types.is_boolean)
 
 
 def shard_files(src: str | Sequence[str]) -> list[str]:
@@ -105,14 +111,19 @@ def _one_line(e: BaseException) -> str:
     return "; ".join(part.strip(" -") for part in str(e).splitlines() if part.strip(" -")) or type(e).__name__
 
 
-def wds_schema(extensions: Iterable[str], text_exts: Iterable[str] = TEXT_EXTS, key_field: str = "key") -> tuple[pa.Schema, list[str]]:
-    """The dataset schema of samples with these extensions, and its record fields."""
-    text = set(text_exts)
+def wds_schema(extensions: Iterable[str], text_exts: Iterable[str] = TEXT_EXTS, key_field: str = "key",
+               types: dict[str, pa.DataType] | None = None) -> tuple[pa.Schema, list[str]]:
+    """The dataset schema of samples with these extensions, and its record fields.
+
+    ``types`` (from an export's field types file) gives extensions their Arrow type.
+    """
+    types = types or {}
+    text = set(text_exts) | set(types)
     exts = sorted(extensions)
     if key_field in exts:
         raise SchemaError(f"the samples have an extension {key_field!r}, which is also the key field; choose another key field")
     fields = [pa.field(key_field, pa.string(), nullable=False)]
-    fields += [pa.field(e, pa.string() if e in text else pa.binary()) for e in exts]
+    fields += [pa.field(e, types.get(e, pa.string()) if e in text else pa.binary()) for e in exts]
     return pa.schema(fields), [e for e in exts if e not in text]
 
 
@@ -191,7 +202,7 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
         _check_extensions(schema, scan.extensions, key_field, files[0])
         record_fields: list[str] = []
     else:
-        schema, record_fields = wds_schema(scan.extensions, text_exts, key_field)
+        schema, record_fields = wds_schema(scan.extensions, text_exts, key_field, exported_types(files))
     with import_target(location, schema, [key_field], record_fields, f"WebDataset {files[0]}") as (ds, created):
         on_branch(ds, branch)
         with progress(total, f"import {os.path.basename(ds.location)}", unit="sample") as bar:
@@ -210,6 +221,19 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
                 sources = [partial(rechunk_shard, f, ds.schema, key_field, bar.update) for f in files]
                 result = ds.local().append_from(sources, max_workers=max_parallelism, message=message)
     return ImportResult(ds.location, result.snapshot_id, total if result.snapshot_id is not None else 0, created)
+
+
+def exported_types(files: Sequence[str]) -> dict[str, pa.DataType]:
+    """The field types an export wrote beside these shards (empty if there is no such file)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(files[0])), FIELD_TYPES_FILE)
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return {name: pa.type_for_alias(alias) for name, alias in doc["fields"].items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserInputError(f"unreadable {path}: {e}") from None
 
 
 def _check_extensions(schema: pa.Schema, exts: Sequence[str], key_field: str, source: str) -> None:
@@ -246,7 +270,10 @@ def _file_bytes(value: Any) -> bytes:
 def export_webdataset(location: str, dest: str, version: int | str | None = None,
                       samples_per_shard: int = 10_000, fields: Sequence[str] | None = None) -> list[str]:
     """Write a version as WebDataset shards ``dest/shard-NNNNNN.tar``: one sample per row,
-    keyed by its primary key, one file per other field named by the field."""
+    keyed by its primary key, one file per other field named by the field.
+
+    ``dest/spacefs-fields.json`` records the types of the fields written as text, so
+    ``import_webdataset`` of ``dest`` keeps them typed index fields."""
     import webdataset as wds
 
     ds = open_dataset(location)
@@ -264,5 +291,9 @@ def export_webdataset(location: str, dest: str, version: int | str | None = None
                     sample.update({n: _file_bytes(row[n]) for n in names if row[n] is not None})
                     sink.write(sample)
                     bar.update(1)
-        shards = sorted(os.listdir(staging))
+        text = {n: str(ds.schema.field(n).type) for n in names
+                if any(is_type(ds.schema.field(n).type) for is_type in _TEXT_TYPES)}
+        with open(os.path.join(staging, FIELD_TYPES_FILE), "w") as f:
+            json.dump({"fields": text}, f, indent=1)
+        shards = sorted(n for n in os.listdir(staging) if n != FIELD_TYPES_FILE)
     return [os.path.join(os.path.abspath(dest), s) for s in shards]
