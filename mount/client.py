@@ -102,30 +102,30 @@ class Client:
         """Names of the datasets (and materialized views) the mount shows."""
         return self.call("datasets")[0]
 
-    def append(self, name: str, data: Any, branch: str | None = None) -> JobResult:
+    def append(self, name: str, data: Any, branch: str | None = None, *, message: str | None = None) -> JobResult:
         """Append ``data`` (a table, dict of lists or record batches) to dataset ``name``.
 
         Runs in the daemon, on ``branch`` (default main); one snapshot, shown by the
-        mount within a second.
+        mount within a second, keeping ``message`` (like ``runner.append``).
 
         Raises:
             SpaceError: the write failed (the daemon's error, with its class's meaning).
         """
-        return _job(self.call("append", proto.table_to_ipc(_table(data)), name=name, branch=branch)[0])
+        return _job(self.call("append", proto.table_to_ipc(_table(data)), name=name, branch=branch, message=message)[0])
 
-    def insert(self, name: str, data: Any, branch: str | None = None) -> JobResult:
+    def insert(self, name: str, data: Any, branch: str | None = None, *, message: str | None = None) -> JobResult:
         """Like ``append``, but refuses keys already stored (changing nothing)."""
-        return _job(self.call("insert", proto.table_to_ipc(_table(data)), name=name, branch=branch)[0])
+        return _job(self.call("insert", proto.table_to_ipc(_table(data)), name=name, branch=branch, message=message)[0])
 
-    def upsert(self, name: str, data: Any, branch: str | None = None) -> JobResult:
+    def upsert(self, name: str, data: Any, branch: str | None = None, *, message: str | None = None) -> JobResult:
         """Like ``append``, replacing stored rows with the same keys."""
-        return _job(self.call("upsert", proto.table_to_ipc(_table(data)), name=name, branch=branch)[0])
+        return _job(self.call("upsert", proto.table_to_ipc(_table(data)), name=name, branch=branch, message=message)[0])
 
-    def delete(self, name: str, filter_: Filter, branch: str | None = None) -> JobResult:
+    def delete(self, name: str, filter_: Filter, branch: str | None = None, *, message: str | None = None) -> JobResult:
         """Delete rows matching a SQL predicate string (pyarrow expressions cannot travel)."""
         if not isinstance(filter_, str):
             raise SpaceError("over the control socket, delete takes a SQL predicate string like \"id = 1\"")
-        return _job(self.call("delete", name=name, filter=filter_, branch=branch)[0])
+        return _job(self.call("delete", name=name, filter=filter_, branch=branch, message=message)[0])
 
     def add_tag(self, name: str, tag: str, snapshot_id: int | None = None) -> None:
         """Tag ``snapshot_id`` (default: main's head) of dataset ``name``."""
