@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pyarrow as pa
+import pytest
 
 from spacefs import Dataset
 from spacefs.io import export_webdataset, import_folder, import_webdataset
@@ -62,3 +63,20 @@ def test_webdataset_round_trip_keeps_scalar_types(tmp_path):
     assert {f.name: f.type for f in back.schema} == {f.name: f.type for f in schema}  # fields sorted by name
     assert back.record_fields == ["blob"]
     assert back.local().read_all().sort_by("key").to_pylist() == ds.local().read_all().sort_by("key").to_pylist()
+
+
+def test_repeated_webdataset_import_fails_instead_of_doubling(tmp_path):
+    from spacefs.engine.errors import PrimaryKeyExistsError
+
+    ds = Dataset.create(str(tmp_path / "ds"), pa.schema([("key", pa.string()), ("txt", pa.string())]), ["key"])
+    ds.local().append({"key": ["a", "b"], "txt": ["x", "y"]})
+    export_webdataset(ds.location, str(tmp_path / "shards"))
+    import_webdataset(str(tmp_path / "shards"), str(tmp_path / "back"))
+    back = Dataset.load(str(tmp_path / "back"))
+    with pytest.raises(PrimaryKeyExistsError):
+        import_webdataset(str(tmp_path / "shards"), back.location)
+    assert back.num_rows() == 2 and back.snapshot_id() == 1
+    import_webdataset(str(tmp_path / "shards"), back.location, mode="upsert", message="again")
+    assert back.num_rows() == 2 and back.versions().column("message").to_pylist()[0] == "again"
+    import_webdataset(str(tmp_path / "shards"), back.location, mode="append")
+    assert back.num_rows() == 4

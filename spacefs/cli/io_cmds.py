@@ -82,19 +82,22 @@ def import_folder_cmd(src: str, dataset: str, content_field: str, mode: str, bra
 @click.option("--ray", "use_ray", is_flag=True, help="Read the shards in Ray tasks (starts a local Ray if none).")
 @click.option("-j", "--parallelism", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Shards read at once.")
+@_MODE
 @_BRANCH
 @_MESSAGE
 def import_webdataset_cmd(src: tuple[str, ...], dataset: str, text_ext: tuple[str, ...], key_field: str,
-                          use_ray: bool, parallelism: int, branch: str | None, message: str | None) -> None:
+                          use_ray: bool, parallelism: int, mode: str, branch: str | None, message: str | None) -> None:
     """Import WebDataset tar shards (SRC: files, directories, globs or {000..009} patterns).
 
-    Each sample becomes a row keyed by its __key__; each extension a field.
+    Each sample becomes a row keyed by its __key__; each extension a field. Into an
+    existing dataset, --mode insert and upsert read the shards in turn (--ray and -j
+    apply to new datasets and --mode append).
     """
     from spacefs.io.webdataset import TEXT_EXTS, import_webdataset
 
     exts = set(TEXT_EXTS) | {e.lstrip(".").lower() for e in text_ext}
     note(import_webdataset(list(src), dataset, exts, key_field, use_ray, parallelism, branch=branch,
-                           message=message).summary())
+                           message=message, mode=mode).summary())
 
 
 @import_group.command(name="hf")

@@ -28,12 +28,14 @@ from spacefs.engine.layout import encode_component
 
 from .target import (
     ImportResult,
+    check_mode,
     import_target,
     on_branch,
     open_dataset,
     output_dir,
     progress,
     rechunk,
+    write_rows,
 )
 
 TEXT_EXTS = frozenset({"txt", "text", "cls", "cls2", "class", "label", "id", "index", "json", "caption"})
@@ -187,13 +189,18 @@ def rechunk_shard(path: str, schema: pa.Schema, key_field: str = "key",
 
 def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterable[str] = TEXT_EXTS,
                       key_field: str = "key", ray: bool = False, max_parallelism: int = 4, *,
-                      branch: str | None = None, message: str | None = None) -> ImportResult:
+                      branch: str | None = None, message: str | None = None, mode: str = "insert") -> ImportResult:
     """Ingest WebDataset shards into the dataset at ``location`` (created if absent) in
     parallel, one shard per worker, all in one snapshot.
 
     With ``ray=True`` the shards are read by Ray tasks (``ds.ray(...).append_from``).
     ``branch``: the branch written (default main); ``message``: a note kept with the snapshot.
+    ``mode``: into an existing dataset, ``insert`` (the default) refuses samples whose
+    key is already stored, so a repeated import fails instead of doubling the rows, and
+    ``upsert`` replaces them (both read the shards in turn, keys checked at commit);
+    ``append`` adds them unchecked, in parallel.
     """
+    check_mode(mode)
     files = shard_files(src)
     scan = scan_shards(files)
     total = sum(scan.samples.values())
@@ -206,7 +213,10 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
     with import_target(location, schema, [key_field], record_fields, f"WebDataset {files[0]}") as (ds, created):
         on_branch(ds, branch)
         with progress(total, f"import {os.path.basename(ds.location)}", unit="sample") as bar:
-            if ray:
+            if not created and mode != "append":
+                tables = (t for f in files for t in read_shard(f, ds.schema, key_field, bar.update))
+                result = write_rows(ds, tables, mode, branch, message)
+            elif ray:
                 sources = [partial(rechunk_shard, f, ds.schema, key_field) for f in files]
                 try:
                     result = ds.ray(RayOptions(max_parallelism=max_parallelism)).append_from(sources, message=message)
