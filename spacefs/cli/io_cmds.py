@@ -7,6 +7,10 @@ when complete. Progress bars show on a terminal.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from spacefs.cli import main, note
@@ -26,6 +30,21 @@ _VERSION = click.option("-v", "--version", "version", default=None, metavar="V",
 _FIELDS = click.option("-f", "--field", "fields", multiple=True, metavar="FIELD", help="Export only these fields.")
 
 
+def _keys_hint(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A refused insert says how to go on: the default mode is the cautious one."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from spacefs.engine.errors import PrimaryKeyExistsError
+
+        try:
+            return fn(*args, **kwargs)
+        except PrimaryKeyExistsError as e:
+            raise PrimaryKeyExistsError(f"{e}; nothing was imported (--mode upsert replaces stored rows)") from None
+
+    return wrapper
+
+
 @main.group(name="import")
 def import_group() -> None:
     """Import data into a dataset directory (created if it does not exist), in one snapshot."""
@@ -38,6 +57,7 @@ def export_group() -> None:
 
 # -- import ----------------------------------------------------------------------
 @import_group.command(name="parquet")
+@_keys_hint
 @click.argument("src", nargs=-1, required=True)
 @click.argument("dataset")
 @_KEYS
@@ -54,6 +74,7 @@ def import_parquet_cmd(src: tuple[str, ...], dataset: str, primary_keys: tuple[s
 
 
 @import_group.command(name="folder")
+@_keys_hint
 @click.argument("src")
 @click.argument("dataset")
 @click.option("--content-field", default="content", show_default=True, help="Name of the field holding file bytes.")
@@ -74,6 +95,7 @@ def import_folder_cmd(src: str, dataset: str, content_field: str, mode: str, bra
 
 
 @import_group.command(name="webdataset")
+@_keys_hint
 @click.argument("src", nargs=-1, required=True)
 @click.argument("dataset")
 @click.option("--text-ext", multiple=True, metavar="EXT",
@@ -101,6 +123,7 @@ def import_webdataset_cmd(src: tuple[str, ...], dataset: str, text_ext: tuple[st
 
 
 @import_group.command(name="hf")
+@_keys_hint
 @click.argument("src")
 @click.argument("dataset")
 @_KEYS
