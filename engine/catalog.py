@@ -43,15 +43,27 @@ class DirCatalog:
 
     def create_dataset(self, name: str, schema: pa.Schema, primary_keys, record_fields=None,
                        file_layout: dict[str, str] | None = None) -> Dataset:
+        """Create dataset ``name`` in the catalog; the arguments are those of ``Dataset.create``.
+
+        Raises:
+            UserInputError: ``name`` is not a valid dataset name.
+            AlreadyExistsError: the catalog already has a dataset of that name.
+        """
         return Dataset.create(self._path(name), schema, primary_keys, record_fields, file_layout)
 
     def dataset(self, name: str) -> Dataset:
+        """Open dataset (or materialized view) ``name``.
+
+        Raises:
+            NotFoundError: the catalog has no dataset of that name.
+        """
         path = self._path(name)
         if not os.path.exists(os.path.join(path, "metadata", "dataset.json")):
             raise NotFoundError(f"catalog {self.location} has no dataset named {name!r}")
         return Dataset.load(path)
 
     def datasets(self) -> list[DatasetInfo]:
+        """The datasets of the catalog, sorted by name (``DatasetInfo(name, location)``)."""
         out = []
         for name in sorted(os.listdir(self.location)):
             path = os.path.join(self.location, name)
@@ -69,9 +81,15 @@ class DirCatalog:
         shutil.rmtree(trash)
 
     def materialize(self, name: str, view):
+        """Store ``view`` as the materialized view ``name``; fill it with ``mv.local().refresh()``.
+
+        Raises:
+            AlreadyExistsError: the catalog already has a dataset of that name.
+        """
         return view.materialize(self._path(name))
 
     def sql(self, query: str) -> pa.Table:
+        """Run a DuckDB ``query`` in which every dataset of the catalog is a table (main branch)."""
         from .sql import query_datasets
 
         return query_datasets(query, {i.name: (self.dataset(i.name), None) for i in self.datasets()})

@@ -37,11 +37,30 @@ class Dataset:
     @classmethod
     def create(cls, location: str, schema: pa.Schema, primary_keys: Sequence[str],
                record_fields: Sequence[str] | None = None, file_layout: dict[str, str] | None = None) -> Dataset:
+        """Create an empty dataset (snapshot 0) in the new directory ``location``.
+
+        Args:
+            location: directory to create; it must not exist yet (or be empty).
+            schema: the Arrow schema of every row.
+            primary_keys: field(s) whose values identify a row (insert, upsert, delete, diff).
+            record_fields: binary fields stored in ArrayRecord files rather than Parquet.
+            file_layout: how rows appear as files in the mount, e.g.
+                ``{"path": "{label}/{name}", "content": "image"}`` (see ``set_file_layout``).
+
+        Raises:
+            AlreadyExistsError: a dataset already exists at ``location``.
+            UserInputError: a key or record field is not in the schema, or has a wrong type.
+        """
         return cls(Storage.create(str(location), schema, list(primary_keys) if not isinstance(primary_keys, str) else [primary_keys],
                                   list(record_fields or []), file_layout))
 
     @classmethod
     def load(cls, location: str) -> Dataset:
+        """Open the existing dataset (or materialized view) at ``location``.
+
+        Raises:
+            NotFoundError: there is no dataset at ``location``.
+        """
         storage = Storage(str(location))
         if storage.kind == "mv":
             from .mv import MaterializedView
@@ -52,37 +71,54 @@ class Dataset:
     # -- properties ------------------------------------------------------------
     @property
     def storage(self) -> Storage:
+        """The low-level ``Storage`` of the dataset (metadata, snapshots, files)."""
         return self._storage
 
     @property
     def schema(self) -> pa.Schema:
+        """The Arrow schema of the dataset's rows."""
         return self._storage.schema
 
     @property
     def primary_keys(self) -> list[str]:
+        """The primary key fields, in key order."""
         return self._storage.primary_keys
 
     @property
     def record_fields(self) -> list[str]:
+        """The fields stored in ArrayRecord files (the others are Parquet index fields)."""
         return self._storage.record_fields
 
     @property
     def location(self) -> str:
+        """The dataset's directory, absolute."""
         return self._storage.location
 
     @property
     def name(self) -> str:
+        """The dataset's name: its directory's base name (its table name in SQL)."""
         return self._storage.name
 
     @property
     def current_branch(self) -> str:
+        """The branch this handle writes to and reads by default (``main`` unless set)."""
         return self._branch
 
     # -- runners ---------------------------------------------------------------
     def local(self, file_options: FileOptions | None = None) -> LocalRunner:
+        """A runner that reads and writes in this process (on the current branch).
+
+        Its ``append``/``insert``/``upsert``/``delete`` each make one snapshot;
+        ``read``/``read_all``/``diff`` read any version.
+        """
         return LocalRunner(self._storage, file_options, self._branch)
 
     def ray(self, ray_options: RayOptions | None = None, file_options: FileOptions | None = None):
+        """A runner like ``local()`` whose reads and writes run as Ray tasks.
+
+        Starts a local Ray if none is running (``ray.init`` first to use a cluster).
+        ``ray_options.max_parallelism`` bounds the tasks running at once.
+        """
         from .ray_runner import RayRunner
 
         return RayRunner(self._storage, ray_options or RayOptions(), file_options, self._branch)
@@ -93,6 +129,13 @@ class Dataset:
         return self._storage.versions()
 
     def add_tag(self, tag: str, snapshot_id: int | None = None) -> None:
+        """Name snapshot ``snapshot_id`` (default: the current branch's head) ``tag``.
+
+        Raises:
+            AlreadyExistsError: a tag or branch of that name exists.
+            VersionNotFoundError: ``snapshot_id`` does not exist.
+            UserInputError: ``tag`` is not a valid name.
+        """
         validate_ref_name(tag, "tag")
 
         def change(head: Entry) -> dict[str, Any]:
@@ -104,6 +147,11 @@ class Dataset:
         self._storage.commit_refs(change, f"add_tag {tag}")
 
     def remove_tag(self, tag: str) -> None:
+        """Remove ``tag`` (the snapshot stays).
+
+        Raises:
+            VersionNotFoundError: there is no such tag.
+        """
         def change(head: Entry) -> dict[str, Any]:
             if tag not in head.tags:
                 raise VersionNotFoundError(f"{self.name}: no tag named {tag!r}")
@@ -124,6 +172,12 @@ class Dataset:
         self._storage.commit_refs(change, f"add_branch {branch}")
 
     def remove_branch(self, branch: str) -> None:
+        """Remove ``branch`` (its snapshots stay readable by id).
+
+        Raises:
+            UserInputError: ``branch`` is ``main`` or this handle's current branch.
+            VersionNotFoundError: there is no such branch.
+        """
         if branch == DEFAULT_BRANCH:
             raise UserInputError(f"{self.name}: the default branch {DEFAULT_BRANCH!r} cannot be removed")
         if branch == self._branch:
@@ -145,6 +199,7 @@ class Dataset:
     # -- layout ----------------------------------------------------------------
     @property
     def file_layout(self) -> dict[str, str] | None:
+        """The file layout (``{"path": template, "content": field}``) or None."""
         return self._storage.head().settings.get("file_layout")
 
     def set_file_layout(self, layout: dict[str, str] | None) -> None:
@@ -168,13 +223,29 @@ class Dataset:
 
     # -- inspection ------------------------------------------------------------
     def index_files(self, version: Version = None) -> list[str]:
+        """The index Parquet files of ``version`` (default: the current branch), absolute paths.
+
+        Any Parquet reader can read them; record fields appear as references.
+        """
         sid = self._storage.resolve(version, self._branch)
         return [self._storage.full_path(r["path"]) for r in self._storage.index_entries(sid)]
 
     def snapshot_id(self, version: Version = None) -> int:
+        """The snapshot id ``version`` (an id, tag or branch; default the current branch) names.
+
+        Raises:
+            VersionNotFoundError: no such version.
+        """
         return self._storage.resolve(version, self._branch)
 
     def sql(self, query: str, version: Version = None) -> pa.Table:
+        """Run a DuckDB ``query`` over ``version``; the dataset is the table named ``self.name``.
+
+        Record fields appear as references (file, pos, size, offset).
+
+        Raises:
+            UserInputError: the query is not valid SQL or reads something else.
+        """
         from .sql import query_datasets
 
         return query_datasets(query, {self.name: (self, version)})
@@ -187,6 +258,7 @@ class Dataset:
         return ray_dataset(self, version, fields, ray_options)
 
     def num_rows(self, version: Version = None) -> int:
+        """The number of rows in ``version`` (from the snapshot's statistics; no file is read)."""
         return self._storage.snapshot(self.snapshot_id(version))["stats"]["rows"]
 
     # -- training integrations (engine/hf.py) ----------------------------------
@@ -218,22 +290,38 @@ class Dataset:
     # -- views (engine/views.py) -----------------------------------------------
     def map_batches(self, fn, output_schema: pa.Schema, input_fields: Sequence[str] | None = None,
                     output_record_fields: Sequence[str] | None = None, batch_size: int | None = None):
+        """A view applying ``fn`` (a dict of lists -> a dict of lists) to batches of rows.
+
+        Args:
+            fn: the UDF; it receives ``input_fields`` (default all) of up to
+                ``batch_size`` rows and returns rows of ``output_schema`` (keys kept).
+            output_schema: schema of the UDF's output, primary keys included.
+            output_record_fields: output fields to store in ArrayRecord when materialized.
+
+        Read it with ``view.local().read_all()`` or store it with ``catalog.materialize``.
+        """
         from .views import MapView
 
         return MapView(self, fn, output_schema, input_fields, output_record_fields, batch_size)
 
     def filter(self, fn, input_fields: Sequence[str] | None = None):
+        """A view of the rows for which ``fn(row_dict)`` is true."""
         from .views import FilterView
 
         return FilterView(self, fn, input_fields)
 
     def filter_batches(self, fn, input_fields: Sequence[str] | None = None):
+        """A view of the rows ``fn`` keeps; ``fn`` takes a dict of lists and returns one bool per row."""
         from .views import FilterView
 
         return FilterView(self, fn, input_fields, batched=True)
 
     def join(self, right, keys: Sequence[str], left_fields: Sequence[str] | None = None,
              right_fields: Sequence[str] | None = None):
+        """A view joining this dataset with ``right`` (a dataset or view) on ``keys``.
+
+        ``left_fields``/``right_fields`` select the fields taken from each side.
+        """
         from .views import JoinView
 
         return JoinView(self, right, keys, left_fields, right_fields)

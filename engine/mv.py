@@ -83,6 +83,7 @@ class MaterializedView(Dataset):
 
     @classmethod
     def create(cls, location: str, view: View) -> MaterializedView:
+        """Create an empty materialized view of ``view`` at ``location`` (fill it with ``refresh``)."""
         location = os.path.abspath(location)
         blob = dump_view(view, location)
         sources = [{"location": os.path.relpath(s.location, location), "branch": s.branch} for s in view.sources()]
@@ -93,6 +94,11 @@ class MaterializedView(Dataset):
 
     @classmethod
     def load(cls, location: str) -> MaterializedView:
+        """Open the materialized view at ``location``.
+
+        Raises:
+            UserInputError: ``location`` is a plain dataset.
+        """
         storage = Storage(str(location))
         if storage.kind != "mv":
             raise UserInputError(f"{storage.location} is a dataset, not a materialized view")
@@ -119,9 +125,11 @@ class MaterializedView(Dataset):
         return ds
 
     def local(self, file_options: FileOptions | None = None) -> MVRunner:
+        """A runner that reads the stored rows and refreshes in this process."""
         return MVRunner(self, file_options)
 
     def ray(self, ray_options: RayOptions | None = None, file_options: FileOptions | None = None) -> Any:
+        """A runner that reads the stored rows and refreshes with Ray tasks."""
         from .ray_runner import MVRayRunner
 
         return MVRayRunner(self, ray_options, file_options)
@@ -155,6 +163,7 @@ class _Refreshing:
         return refresh(self.mv, self._executor(), version, batch_size, self.file_options, self.mv.current_branch)
 
     def _refuse(self, *args: Any, **kwargs: Any) -> JobResult:
+        """Refused: an MV is written by ``refresh()`` (raises ``UserInputError``)."""
         raise UserInputError(f"materialized view {self.mv.name} is written by refresh(); "
                              "use mv.dataset.local() to write its rows directly")
 

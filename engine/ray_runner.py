@@ -130,7 +130,7 @@ class RayRunner(LocalRunner):
         return self._executor_obj
 
     def append_from(self, source_fns: Callable[[], Iterable[Any]] | Sequence[Callable[[], Iterable[Any]]],
-                    max_workers: int | None = None) -> JobResult:
+                    max_workers: int | None = None, *, message: str | None = None) -> JobResult:
         """Ingest each source in its own Ray task; all land in one snapshot, or none."""
         fns = [source_fns] if callable(source_fns) else list(source_fns)
         ex = self._executor()
@@ -146,7 +146,7 @@ class RayRunner(LocalRunner):
         except BaseException:
             writer.cleanup()
             raise
-        return self._commit("append_from", writer, lambda base: Plan(added=entries))
+        return self._commit("append_from", writer, lambda base: Plan(added=entries), message)
 
     def read(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
              batch_size: int | None = None, reference_read: bool = False) -> Iterator[pa.Table]:
@@ -160,6 +160,7 @@ class RayRunner(LocalRunner):
 
     def read_all(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
                  batch_size: int | None = None, reference_read: bool = False) -> pa.Table:
+        """Like ``read``, as one ``pyarrow.Table``."""
         from .reads import output_schema, resolve_fields
 
         parts = [t for t in self.read(filter_, fields, version, batch_size, reference_read) if t.num_rows]
@@ -182,6 +183,7 @@ class MVRayRunner(RayRunner):
         return refresh(self.mv, self._executor(), version, batch_size, self.file_options, self.mv.current_branch)
 
     def _refuse(self, *args: Any, **kwargs: Any) -> JobResult:
+        """Refused: an MV is written by ``refresh()`` (raises ``UserInputError``)."""
         from .errors import UserInputError
 
         raise UserInputError(f"materialized view {self.mv.name} is written by refresh(); "

@@ -60,9 +60,10 @@ class LocalRunner:
             raise
         return writer, entries
 
-    def _commit(self, op: str, writer: FileWriter, plan: Callable[[int], Plan | None]) -> JobResult:
+    def _commit(self, op: str, writer: FileWriter, plan: Callable[[int], Plan | None],
+                message: str | None = None) -> JobResult:
         try:
-            snap = self.storage.commit_snapshot(self.branch, op, plan)
+            snap = self.storage.commit_snapshot(self.branch, op, plan, message=message)
         except BaseException:
             writer.cleanup()
             raise
@@ -70,20 +71,34 @@ class LocalRunner:
             writer.cleanup()
         return JobResult.from_snapshot(self.storage, snap)
 
-    def append(self, data: Any) -> JobResult:
-        """Add rows without a key check."""
+    def append(self, data: Any, *, message: str | None = None) -> JobResult:
+        """Add rows without a key check, in one snapshot.
+
+        ``data``: a ``pyarrow.Table``, a dict of lists, or an iterable of either.
+        ``message`` is kept with the snapshot (``ds.versions()``, ``spacefs log``).
+
+        Raises:
+            SchemaError: the data does not match the dataset's schema.
+        """
         writer, entries = self._write_new(data, "append")
-        return self._commit("append", writer, lambda base: Plan(added=entries))
+        return self._commit("append", writer, lambda base: Plan(added=entries), message)
 
-    def insert(self, data: Any) -> JobResult:
-        """Add rows; fails (changing nothing) if any key is already stored or repeated."""
+    def insert(self, data: Any, *, message: str | None = None) -> JobResult:
+        """Add rows; fails (changing nothing) if any key is already stored or repeated.
+
+        Raises:
+            PrimaryKeyExistsError: a key is already stored, or repeated in ``data``.
+            SchemaError: the data does not match the dataset's schema.
+        """
         writer, entries, keys = self._keyed(data, "insert")
-        return self._commit("insert", writer, lambda base: plan_insert(self.storage, keys, entries, base) if entries else None)
+        return self._commit("insert", writer, lambda base: plan_insert(self.storage, keys, entries, base) if entries else None,
+                            message)
 
-    def upsert(self, data: Any) -> JobResult:
+    def upsert(self, data: Any, *, message: str | None = None) -> JobResult:
         """Add rows, replacing every stored row with the same key."""
         writer, entries, keys = self._keyed(data, "upsert")
-        return self._commit("upsert", writer, lambda base: plan_upsert(self.storage, writer, keys, entries, base) if entries else None)
+        return self._commit("upsert", writer, lambda base: plan_upsert(self.storage, writer, keys, entries, base) if entries else None,
+                            message)
 
     def _keyed(self, data: Any, what: str) -> tuple[FileWriter, list[dict[str, Any]], pa.Table]:
         tables = list(iter_tables(data, self.storage.schema, f"{self.storage.name}: {what}"))
@@ -92,15 +107,22 @@ class LocalRunner:
         writer, entries = self._write_tables([table])  # already conformed: no second check
         return writer, entries, keys
 
-    def delete(self, filter_: Filter) -> JobResult:
-        """Remove the rows matching ``filter_`` (only touched index files are rewritten)."""
+    def delete(self, filter_: Filter, *, message: str | None = None) -> JobResult:
+        """Remove the rows matching ``filter_`` (only touched index files are rewritten).
+
+        ``filter_``: a SQL predicate (``"id = 1"``) or a pyarrow expression.
+
+        Raises:
+            FilterError: the filter is not valid or names an unknown field.
+        """
         if filter_ is None:
             raise UserInputError(f"{self.storage.name}: delete needs a filter")
         writer = FileWriter(self.storage, self.file_options)
-        return self._commit("delete", writer, lambda base: plan_delete(self.storage, writer, filter_, base))
+        return self._commit("delete", writer, lambda base: plan_delete(self.storage, writer, filter_, base),
+                            message)
 
     def append_from(self, source_fns: Callable[[], Iterable[Any]] | Sequence[Callable[[], Iterable[Any]]],
-                    max_workers: int | None = None) -> JobResult:
+                    max_workers: int | None = None, *, message: str | None = None) -> JobResult:
         """Ingest several sources (callables returning iterables of batches) in parallel.
 
         All of them land in one snapshot, or none does.
@@ -128,9 +150,9 @@ class LocalRunner:
         for w in writers:
             all_writer.written += w.written
         entries = [e for r in results for e in r]
-        return self._commit("append_from", all_writer, lambda base: Plan(added=entries))
+        return self._commit("append_from", all_writer, lambda base: Plan(added=entries), message)
 
-    def append_parquet(self, pattern: str | Sequence[str]) -> JobResult:
+    def append_parquet(self, pattern: str | Sequence[str], *, message: str | None = None) -> JobResult:
         """Append the rows of Parquet files matching ``pattern`` (files are copied in)."""
         files = _glob(pattern)
 
@@ -139,9 +161,10 @@ class LocalRunner:
                 yield pq.read_table(f)
 
         writer, entries = self._write_new(tables(), f"append_parquet({pattern})")
-        return self._commit("append_parquet", writer, lambda base: Plan(added=entries))
+        return self._commit("append_parquet", writer, lambda base: Plan(added=entries), message)
 
-    def append_array_record(self, pattern: str | Sequence[str], index_fn: Callable[[bytes], dict[str, Any]]) -> JobResult:
+    def append_array_record(self, pattern: str | Sequence[str], index_fn: Callable[[bytes], dict[str, Any]], *,
+                            message: str | None = None) -> JobResult:
         """Append ArrayRecord files: each record becomes a row, ``index_fn(record)``
         giving its index fields; the dataset must have exactly one record field."""
         rec = self.storage.record_fields
@@ -163,19 +186,40 @@ class LocalRunner:
                     yield rows
 
         writer, entries = self._write_new(tables(), f"append_array_record({pattern})")
-        return self._commit("append_array_record", writer, lambda base: Plan(added=entries))
+        return self._commit("append_array_record", writer, lambda base: Plan(added=entries), message)
 
     # -- reads -----------------------------------------------------------------
     def read(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
              batch_size: int | None = None, reference_read: bool = False) -> Iterator[pa.Table]:
+        """Rows of ``version`` (default: the runner's branch) as a stream of Arrow tables.
+
+        Args:
+            filter_: a SQL predicate (``"label = 'cat'"``) or a pyarrow expression.
+            fields: the fields to read (default all); record fields are read from
+                ArrayRecord unless ``reference_read``, which gives their references.
+            batch_size: rows per table at most.
+
+        Raises:
+            VersionNotFoundError: no such version.
+            UserInputError: an unknown field or a bad filter.
+        """
         return reads.read(self.storage, version, filter_, fields, batch_size, reference_read, self.branch)
 
     def read_all(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version = None,
                  batch_size: int | None = None, reference_read: bool = False) -> pa.Table:
+        """Like ``read``, as one ``pyarrow.Table``."""
         return reads.read_all(self.storage, version=version, filter_=filter_, fields=fields,
                               batch_size=batch_size, reference_read=reference_read, branch=self.branch)
 
     def diff(self, start_version: Version, end_version: Version) -> Iterator[ChangeData]:
+        """The changes from ``start_version`` to ``end_version``, snapshot by snapshot.
+
+        Yields ``ChangeData(snapshot_id, change_type, data)``: per snapshot, the deleted
+        rows' keys (``DELETE``) then the added rows (``ADD``).
+
+        Raises:
+            UserInputError: ``end_version`` does not descend from ``start_version``.
+        """
         return diff_mod.diff(self.storage, start_version, end_version, self.branch)
 
 

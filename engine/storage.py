@@ -242,7 +242,8 @@ class Storage:
         raise CommitConflictError(f"{self.name}: {op} lost to concurrent writers {MAX_COMMIT_ATTEMPTS} times")
 
     def commit_snapshot(self, branch: str, op: str, plan: Callable[[int], Plan | None],
-                        settings: Callable[[Entry], dict[str, Any]] | None = None) -> dict[str, Any] | None:
+                        settings: Callable[[Entry], dict[str, Any]] | None = None,
+                        message: str | None = None) -> dict[str, Any] | None:
         """Publish a new snapshot on ``branch``; ``plan(base_id)`` says what changes.
 
         Optimistic: the plan is computed against the branch head; if another writer
@@ -250,7 +251,8 @@ class Storage:
         snapshot did not change) and the commit retried. ``settings(head)``, if given,
         returns the settings to publish in the same log entry (it may raise to refuse
         the commit): a materialized view moves its "reflects source snapshot N" marker
-        atomically with its data this way.
+        atomically with its data this way. ``message`` is kept in the snapshot, for
+        people reading the log (like a git commit message).
         """
         plans: dict[int, Plan | None] = {}
         try:
@@ -269,6 +271,8 @@ class Storage:
                 new_settings = settings(head) if settings else head.settings
                 sid = head.last_snapshot_id + 1
                 snap, created = self._snapshot_doc(sid, base, branch, op, p)
+                if message:
+                    snap["message"] = str(message)
                 failpoints.hit("commit:after_manifest")
                 doc = {"seq": head.seq + 1, "time": snap["time"], "op": op, "last_snapshot_id": sid,
                        "branches": {**head.branches, branch: sid}, "tags": head.tags,
@@ -350,16 +354,19 @@ class Storage:
         for kind in (head.tags, head.branches):
             for n, s in kind.items():
                 names.setdefault(s, []).append(n)
-        ids, times, refs = [], [], []
+        ids, times, refs, messages = [], [], [], []
         for sid in range(head.last_snapshot_id, -1, -1):
-            t = datetime.fromisoformat(self.snapshot(sid)["time"])
+            snap = self.snapshot(sid)
+            t = datetime.fromisoformat(snap["time"])
             for n in sorted(names.get(sid, [None]), key=lambda x: (x is None, x)):
                 ids.append(sid)
                 times.append(t)
                 refs.append(n)
+                messages.append(snap.get("message"))
         return pa.table({"snapshot_id": pa.array(ids, pa.int64()),
                          "create_time": pa.array(times, pa.timestamp("us", tz="UTC")),
-                         "tag_or_branch": pa.array(refs, pa.string())})
+                         "tag_or_branch": pa.array(refs, pa.string()),
+                         "message": pa.array(messages, pa.string())})
 
 
 def _prune(rows: list[dict[str, Any]], expr: pc.Expression, guarantees: list[pc.Expression],

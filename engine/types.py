@@ -30,6 +30,7 @@ class JobResult:
     """The outcome of a write: SUCCEEDED with a snapshot id, or SKIPPED (no change)."""
 
     class State(Enum):
+        """SUCCEEDED: a snapshot was made; FAILED: the write failed; SKIPPED: nothing to change."""
         SUCCEEDED = 1
         FAILED = 2
         SKIPPED = 3
@@ -41,10 +42,12 @@ class JobResult:
 
     @classmethod
     def skipped(cls) -> JobResult:
+        """The result of a write that had nothing to change (no snapshot made)."""
         return cls(cls.State.SKIPPED)
 
     @classmethod
     def from_snapshot(cls, storage: Any, snap: dict[str, Any] | None) -> JobResult:
+        """The result of the commit of ``snap`` (None: skipped), with its change in statistics."""
         if snap is None:
             return cls.skipped()
         parent = storage.snapshot(snap["parent"])["stats"] if snap["parent"] is not None else {}

@@ -67,6 +67,7 @@ class ViewRunner:
 
     def read_all(self, filter_: Filter = None, fields: Sequence[str] | None = None, version: Version | dict = None,
                  batch_size: int | None = None, reference_read: bool = False) -> pa.Table:
+        """Like ``read``, as one ``pyarrow.Table``."""
         parts = [t for t in self.read(filter_, fields, version, batch_size, reference_read) if t.num_rows]
         if not parts:
             return output_schema(self.view, fields, reference_read).empty_table()

@@ -82,10 +82,12 @@ class View:
 
     @property
     def ref_schema(self) -> pa.Schema:
+        """The view's schema with record fields as references (file, pos, size, offset)."""
         return ref_schema(self.schema, self.ref_roots)
 
     @property
     def index_fields(self) -> list[str]:
+        """The fields that are not record fields."""
         return [n for n in self.schema.names if n not in self.record_fields]
 
     def resolve_versions(self, version: Version | dict[Any, Version] = None) -> Versions:
@@ -151,16 +153,20 @@ class View:
     def map_batches(self, fn: Callable[[dict[str, list]], Any], output_schema: pa.Schema,
                     input_fields: Sequence[str] | None = None, output_record_fields: Sequence[str] | None = None,
                     batch_size: int | None = None) -> MapView:
+        """A view applying ``fn`` to batches of this view's rows (see ``Dataset.map_batches``)."""
         return MapView(self, fn, output_schema, input_fields, output_record_fields, batch_size)
 
     def filter(self, fn: Callable[[dict[str, Any]], bool], input_fields: Sequence[str] | None = None) -> FilterView:
+        """A view of the rows for which ``fn(row_dict)`` is true."""
         return FilterView(self, fn, input_fields)
 
     def filter_batches(self, fn: Callable[[dict[str, list]], Any], input_fields: Sequence[str] | None = None) -> FilterView:
+        """A view of the rows ``fn`` keeps; ``fn`` takes a dict of lists, returns one bool per row."""
         return FilterView(self, fn, input_fields, batched=True)
 
     def join(self, right: Any, keys: Sequence[str], left_fields: Sequence[str] | None = None,
              right_fields: Sequence[str] | None = None) -> JoinView:
+        """A view joining this view with ``right`` (a dataset or view) on ``keys``."""
         return JoinView(self, right, keys, left_fields, right_fields)
 
 

@@ -84,6 +84,7 @@ class Client:
         return frame.header.get("result"), frame.payload
 
     def close(self) -> None:
+        """Close the connection (also done on leaving a ``with`` block)."""
         self._sock.close()
 
     def __enter__(self) -> Client:
@@ -94,31 +95,44 @@ class Client:
 
     # -- operations ------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
+        """The daemon's answer to a ping (a small dict); checks the connection works."""
         return self.call("ping")[0]
 
     def datasets(self) -> list[str]:
         """Names of the datasets (and materialized views) the mount shows."""
         return self.call("datasets")[0]
 
-    def append(self, name: str, data: Any, branch: str | None = None) -> JobResult:
-        return _job(self.call("append", proto.table_to_ipc(_table(data)), name=name, branch=branch)[0])
+    def append(self, name: str, data: Any, branch: str | None = None, *, message: str | None = None) -> JobResult:
+        """Append ``data`` (a table, dict of lists or record batches) to dataset ``name``.
 
-    def insert(self, name: str, data: Any, branch: str | None = None) -> JobResult:
-        return _job(self.call("insert", proto.table_to_ipc(_table(data)), name=name, branch=branch)[0])
+        Runs in the daemon, on ``branch`` (default main); one snapshot, shown by the
+        mount within a second, keeping ``message`` (like ``runner.append``).
 
-    def upsert(self, name: str, data: Any, branch: str | None = None) -> JobResult:
-        return _job(self.call("upsert", proto.table_to_ipc(_table(data)), name=name, branch=branch)[0])
+        Raises:
+            SpaceError: the write failed (the daemon's error, with its class's meaning).
+        """
+        return _job(self.call("append", proto.table_to_ipc(_table(data)), name=name, branch=branch, message=message)[0])
 
-    def delete(self, name: str, filter_: Filter, branch: str | None = None) -> JobResult:
+    def insert(self, name: str, data: Any, branch: str | None = None, *, message: str | None = None) -> JobResult:
+        """Like ``append``, but refuses keys already stored (changing nothing)."""
+        return _job(self.call("insert", proto.table_to_ipc(_table(data)), name=name, branch=branch, message=message)[0])
+
+    def upsert(self, name: str, data: Any, branch: str | None = None, *, message: str | None = None) -> JobResult:
+        """Like ``append``, replacing stored rows with the same keys."""
+        return _job(self.call("upsert", proto.table_to_ipc(_table(data)), name=name, branch=branch, message=message)[0])
+
+    def delete(self, name: str, filter_: Filter, branch: str | None = None, *, message: str | None = None) -> JobResult:
         """Delete rows matching a SQL predicate string (pyarrow expressions cannot travel)."""
         if not isinstance(filter_, str):
             raise SpaceError("over the control socket, delete takes a SQL predicate string like \"id = 1\"")
-        return _job(self.call("delete", name=name, filter=filter_, branch=branch)[0])
+        return _job(self.call("delete", name=name, filter=filter_, branch=branch, message=message)[0])
 
     def add_tag(self, name: str, tag: str, snapshot_id: int | None = None) -> None:
+        """Tag ``snapshot_id`` (default: main's head) of dataset ``name``."""
         self.call("add_tag", name=name, tag=tag, snapshot_id=snapshot_id)
 
     def add_branch(self, name: str, branch: str) -> None:
+        """Create ``branch`` of dataset ``name`` at main's head."""
         self.call("add_branch", name=name, branch=branch)
 
     def refresh(self, name: str, version: int | str | None = None) -> JobResult:

@@ -256,13 +256,14 @@ async def _datasets(srv: ControlServer, args: dict[str, Any], payload: bytes) ->
 def _writer(kind: str) -> Handler:
     async def write(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
         name, branch = _arg(args, "name", str), _arg(args, "branch", str, required=False)
+        message = _arg(args, "message", str, required=False)
         if not payload:
             raise errors.UserInputError(f"{kind} needs the rows as an Arrow IPC payload")
 
         def run() -> JobResult:
             ds = srv.dataset(name, branch)
             table = proto.ipc_to_table(payload)
-            return getattr(ds.local(), kind)(table)
+            return getattr(ds.local(), kind)(table, message=message)
 
         result = await srv.run(run)
         srv.on_commit()
@@ -278,8 +279,8 @@ for _kind in ("append", "insert", "upsert"):
 @op("delete")
 async def _delete(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
     name, filter_ = _arg(args, "name", str), _arg(args, "filter", str)
-    branch = _arg(args, "branch", str, required=False)
-    result = await srv.run(lambda: srv.dataset(name, branch).local().delete(filter_))
+    branch, message = _arg(args, "branch", str, required=False), _arg(args, "message", str, required=False)
+    result = await srv.run(lambda: srv.dataset(name, branch).local().delete(filter_, message=message))
     srv.on_commit()
     return _job(result), b""
 

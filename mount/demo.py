@@ -128,7 +128,7 @@ def run_demo(keep: str | None = None) -> None:
 
             q = (f"SELECT label, count(*) AS n, sum(image.size) AS png_bytes "
                  f"FROM read_parquet('{cur}/index/*.parquet') GROUP BY label ORDER BY label")
-            _say(f"duckdb -c \"{q.replace(cur, 'shapes/current')}\"")
+            print(f"\n>>> duckdb.sql(\"{q.replace(cur, 'shapes/current')}\")   # DuckDB's Python API", flush=True)
             for row in duckdb.sql(q).fetchall():
                 print(f"  {row[0]:<9} {row[1]:>3} images {row[2]:>7} bytes")
 

@@ -40,9 +40,21 @@ class MountInfo:
     log: str
 
 
+def _is_dataset(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "metadata", "dataset.json"))
+
+
 def check_source(source: str) -> None:
+    """Refuse a source that is neither a dataset nor a catalog (a directory holding
+    datasets, or an empty one to fill later): it would mount as an empty tree."""
     if not os.path.isdir(source):
         raise NotFoundError(f"{source}: no such catalog or dataset directory")
+    if _is_dataset(source):
+        return
+    entries = [n for n in os.listdir(source) if not n.startswith(".")]
+    if entries and not any(_is_dataset(os.path.join(source, n)) for n in entries):
+        raise UserInputError(f"{source} is neither a spacefs dataset nor a catalog of datasets "
+                             f"(none of its {len(entries)} entries is a dataset)")
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -52,11 +64,17 @@ def check_mountpoint(mountpoint: str) -> None:
         raise NotFoundError(f"{mountpoint}: the mountpoint must be an existing directory")
     if paths.mount_type(mountpoint) is not None:
         raise MountError(f"{mountpoint} is already a mountpoint")
+    if os.listdir(mountpoint):
+        raise UserInputError(f"{mountpoint} is not empty: mounting over it would hide its files; use an empty directory")
 
 
 def start(source: str, mountpoint: str, *, allow_other: bool = False, log: str | None = None,
-          timeout: float = START_TIMEOUT, poll_interval: float | None = None) -> MountInfo:
-    """Mount ``source`` at ``mountpoint`` with a background daemon; return once it serves."""
+          timeout: float = START_TIMEOUT, poll_interval: float | None = None, debug: bool = False) -> MountInfo:
+    """Mount ``source`` at ``mountpoint`` with a background daemon; return once it serves.
+
+    The daemon logs to ``log`` (default: beside its control socket, removed again by a
+    clean ``unmount``); ``debug`` makes it log every commit it sees and more.
+    """
     source, mountpoint = os.path.abspath(source), os.path.abspath(mountpoint)
     check_source(source)
     check_mountpoint(mountpoint)
@@ -67,6 +85,8 @@ def start(source: str, mountpoint: str, *, allow_other: bool = False, log: str |
         cmd.append("--allow-other")
     if poll_interval is not None:
         cmd += ["--poll-interval", str(poll_interval)]
+    if debug:
+        cmd.append("--debug")
     r, w = os.pipe()
     try:
         with open(log, "ab") as out:
@@ -142,6 +162,7 @@ def _fusermount(*args: str) -> subprocess.CompletedProcess:
 def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = STOP_TIMEOUT) -> None:
     """Unmount a spacefs mount (also a stale one) and wait for its daemon to exit."""
     mountpoint = os.path.abspath(mountpoint)
+    clean = False
     state = paths.read_state(mountpoint) or {}
     pid = state.get("pid")
     fstype = paths.mount_type(mountpoint)
@@ -154,6 +175,7 @@ def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = STOP_TIMEOU
         raise UserInputError(f"{mountpoint} is a {fstype} mount, not a spacefs mount")
     else:
         stale = paths.is_stale(mountpoint)
+        clean = not stale
         res = _fusermount("-u", "-z", mountpoint) if (stale or lazy) else _fusermount("-u", mountpoint)
         if res.returncode != 0 and paths.mount_type(mountpoint) is not None:
             if paths.is_stale(mountpoint):
@@ -167,6 +189,11 @@ def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = STOP_TIMEOU
         for p in (paths.socket_path(mountpoint), paths.state_path(mountpoint)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+        # The default log goes with a clean mount (one per mount would pile up); a stale
+        # mount's log is kept for the post-mortem, and a --log file chosen by the user stays.
+        if clean and state.get("log") == paths.default_log_path(mountpoint):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(state["log"])
 
 
 @contextlib.contextmanager

@@ -103,10 +103,11 @@ def test_log(catalog):
 def test_tag_and_branch(images):
     assert run("tag", images, "first", "--version", "1").stdout.strip() == "tagged snapshot 1 as first"
     run("tag", images, "last")
-    assert run("tag", images).stdout.splitlines() == ["first\t1", "last\t3", "v1\t1"]
+    tags = [ln.split() for ln in run("tag", images).stdout.splitlines()]  # listed like branches
+    assert tags == [["TAG", "SNAPSHOT", "ROWS"], ["first", "1", "100"], ["last", "3", "96"], ["v1", "1", "100"]]
     assert run("tag", images, "first", "--delete").stdout.strip() == "deleted tag first (was snapshot 1)"
 
-    assert run("branch", images, "dev", "--from", "v1").stdout.strip() == "created branch dev at snapshot 1"
+    assert run("branch", images, "dev", "-v", "v1").stdout.strip() == "created branch dev at snapshot 1"
     listing = [ln.split() for ln in run("branch", images).stdout.splitlines()]
     assert listing == [["BRANCH", "SNAPSHOT", "ROWS"], ["main", "3", "96"], ["dev", "1", "100"]]
 

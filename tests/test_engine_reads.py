@@ -85,7 +85,7 @@ def test_versions_tags_branches_time_travel(ds):
     with pytest.raises(errors.UserInputError):
         ds.add_tag("bad/name")
     v = ds.versions()
-    assert v.column_names == ["snapshot_id", "create_time", "tag_or_branch"]
+    assert v.column_names == ["snapshot_id", "create_time", "tag_or_branch", "message"]
     assert v.column("snapshot_id").to_pylist() == [2, 2, 1, 0]
     assert set(v.column("tag_or_branch").to_pylist()) == {"v2", "main", "v1", None}
     assert r.read_all(version="v1").num_rows == 3

@@ -98,9 +98,11 @@ def rows_from_coco(coco: COCO, image_dir: str, image_ids: list[int]) -> dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="Directory to work in (created if missing; default: a new temporary one).")
     args = ap.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="spacefs-coco-")
+    # Absolute, so every path printed below is one to paste; created if it does not exist yet.
+    work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="spacefs-coco-")
+    os.makedirs(work, exist_ok=True)
 
     ann_file = make_coco(os.path.join(work, "coco"))
     coco = COCO(ann_file)

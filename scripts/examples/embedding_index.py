@@ -108,9 +108,11 @@ def check(index: VectorIndex, query: str, k: int = 3) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="Directory to work in (created if missing; default: a new temporary one).")
     args = ap.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="spacefs-embed-")
+    # Absolute, so every path printed below is one to paste; created if it does not exist yet.
+    work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="spacefs-embed-")
+    os.makedirs(work, exist_ok=True)
 
     catalog = DirCatalog(os.path.join(work, "catalog"))
     docs = catalog.create_dataset("docs", pa.schema([("id", pa.int64()), ("text", pa.string())]), primary_keys=["id"])

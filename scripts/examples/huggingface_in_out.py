@@ -45,9 +45,11 @@ def make_hf(path: str, n: int = 12) -> datasets.Dataset:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="Directory to work in (created if missing; default: a new temporary one).")
     args = ap.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="spacefs-hf-")
+    # Absolute, so every path printed below is one to paste; created if it does not exist yet.
+    work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="spacefs-hf-")
+    os.makedirs(work, exist_ok=True)
     datasets.disable_progress_bars()
     make_hf(os.path.join(work, "hf_in"))
 

@@ -126,9 +126,11 @@ def round_diff(ds: Dataset, start: str, end: str) -> dict[str, list[int]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="Directory to work in (created if missing; default: a new temporary one).")
     args = ap.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="spacefs-labelstudio-")
+    # Absolute, so every path printed below is one to paste; created if it does not exist yet.
+    work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="spacefs-labelstudio-")
+    os.makedirs(work, exist_ok=True)
     for name, tasks in (("export_round1.json", round_one()), ("export_round2.json", round_two())):
         with open(os.path.join(work, name), "w") as f:
             json.dump(tasks, f, indent=1)

@@ -83,9 +83,11 @@ def wait_for(path: str, timeout: float = 10.0) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="Directory to work in (created if missing; default: a new temporary one).")
     args = ap.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="spacefs-sam-")
+    # Absolute, so every path printed below is one to paste; created if it does not exist yet.
+    work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="spacefs-sam-")
+    os.makedirs(work, exist_ok=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
     catalog = DirCatalog(os.path.join(work, "catalog"))

@@ -46,9 +46,11 @@ def write_shards(root: str, first: int, shards: int, per_shard: int = 40) -> Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="Directory to work in (created if missing; default: a new temporary one).")
     args = ap.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="spacefs-wds-")
+    # Absolute, so every path printed below is one to paste; created if it does not exist yet.
+    work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="spacefs-wds-")
+    os.makedirs(work, exist_ok=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
     write_shards(os.path.join(work, "shards"), first=0, shards=8)

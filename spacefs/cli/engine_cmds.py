@@ -23,7 +23,7 @@ from typing import Any
 import click
 import pyarrow as pa
 
-from spacefs.cli import main
+from spacefs.cli import echo_json, main, note, quiet
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.errors import NotFoundError, UserInputError
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
@@ -128,7 +128,7 @@ def show(value: Any, record: bool = False) -> str:
 
 def progress(iterable: Iterable, total: int | None, desc: str):
     """A tqdm bar on a terminal, nothing otherwise."""
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or quiet():
         return iterable
     from tqdm import tqdm
 
@@ -138,7 +138,8 @@ def progress(iterable: Iterable, total: int | None, desc: str):
 # -- ls --------------------------------------------------------------------------
 @main.command("ls", short_help="List the datasets of a catalog.")
 @click.argument("catalog", type=click.Path(file_okay=False))
-def ls_cmd(catalog: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects, for programs.")
+def ls_cmd(catalog: str, as_json: bool) -> None:
     """List the datasets of CATALOG: kind, rows on main, latest snapshot, last change."""
     if not os.path.isdir(catalog):
         raise NotFoundError(f"no catalog directory at {catalog}")
@@ -148,7 +149,10 @@ def ls_cmd(catalog: str) -> None:
         paths = [os.path.join(catalog, n) for n in sorted(os.listdir(catalog))
                  if not n.startswith(".") and os.path.isfile(os.path.join(catalog, n, "metadata", "dataset.json"))]
     if not paths:
-        click.echo(f"no datasets in {catalog}", err=True)
+        if as_json:
+            echo_json([])
+        elif not quiet():
+            click.echo(f"no datasets in {catalog}", err=True)
         return
     rows = []
     for path in progress(paths, len(paths), "datasets"):
@@ -161,6 +165,9 @@ def ls_cmd(catalog: str) -> None:
             rows.append([name, st.kind, main_rows, head.last_snapshot_id, short_time(snap["time"])])
         except Exception as e:  # one broken dataset must not hide the others
             rows.append([name, "broken", "-", "-", f"{type(e).__name__}: {e}"])
+    if as_json:
+        echo_json([dict(zip(("name", "kind", "rows", "snapshot", "updated"), r, strict=True)) for r in rows])
+        return
     print_table(["NAME", "KIND", "ROWS", "SNAPSHOT", "UPDATED"], rows, [False, False, True, True, False])
 
 
@@ -169,12 +176,14 @@ def ls_cmd(catalog: str) -> None:
 @click.argument("dataset", type=click.Path(file_okay=False))
 @click.option("--branch", "-b", default=None, help="Only the ancestry of this branch (or tag, or snapshot).")
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=None, help="Show at most this many snapshots.")
-def log_cmd(dataset: str, branch: str | None, limit: int | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of snapshots, for programs.")
+def log_cmd(dataset: str, branch: str | None, limit: int | None, as_json: bool) -> None:
     """Show the snapshots of DATASET, newest first, with their branches and tags.
 
     Each line: snapshot id, time (UTC), operation, rows after it and the change in rows,
     then its branches and tags in git's decoration style. A snapshot whose parent is
-    not the one just before it says where it branched from.
+    not the one just before it says where it branched from; a snapshot written with a
+    message (-m) ends with it in quotes.
     """
     st = open_storage(dataset)
     head = st.head()
@@ -189,17 +198,27 @@ def log_cmd(dataset: str, branch: str | None, limit: int | None) -> None:
         ids = list(range(last, max(-1, last - limit) if limit else -1, -1))
     names = ref_names(st)
     width = len(str(ids[0])) if ids else 1
+    docs = []
     for sid in progress(ids, len(ids), "snapshots"):
         snap = st.snapshot(sid)
         rows = snap["stats"]["rows"]
         parent = snap["parent"]
         change = rows - st.snapshot(parent)["stats"]["rows"] if parent is not None else rows
+        if as_json:
+            docs.append({"snapshot": sid, "time": snap["time"], "op": snap["op"], "rows": rows, "change": change,
+                         "parent": parent, "branch": snap.get("branch"), "refs": names.get(sid, []),
+                         "message": snap.get("message")})
+            continue
         line = f"{sid:>{width}}  {short_time(snap['time'])}  {snap['op']:<14} {rows:>10} rows ({change:+d})"
         if parent is not None and parent != sid - 1:
             line += f"  from {parent}"
         if sid in names:
             line += "  (" + ", ".join(names[sid]) + ")"
+        if snap.get("message"):
+            line += "  " + json.dumps(snap["message"], ensure_ascii=False)
         click.echo(line)
+    if as_json:
+        echo_json(docs)
 
 
 # -- tag / branch ----------------------------------------------------------------
@@ -208,56 +227,64 @@ def log_cmd(dataset: str, branch: str | None, limit: int | None) -> None:
 @click.argument("tag", required=False)
 @click.option("--version", "-v", "version", default=None, help="Snapshot id, tag or branch to tag (default: main's head).")
 @click.option("--delete", "-d", is_flag=True, help="Remove TAG instead of creating it.")
-def tag_cmd(dataset: str, tag: str | None, version: str | None, delete: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="With no TAG: print the tags as JSON, for programs.")
+def tag_cmd(dataset: str, tag: str | None, version: str | None, delete: bool, as_json: bool) -> None:
     """Create (or with --delete remove) TAG on DATASET; without TAG, list tags."""
     ds = open_dataset(dataset)
     if tag is None:
         if delete or version is not None:
             raise UserInputError("tag: --delete and --version need a TAG")
         tags = ds.storage.head().tags
-        for name in sorted(tags):
-            click.echo(f"{name}\t{tags[name]}")
+        _print_refs("TAG", [(name, tags[name]) for name in sorted(tags)], ds, as_json)
         return
     if delete:
         if version is not None:
             raise UserInputError("tag: --delete takes no --version")
         sid = ds.storage.head().tags.get(tag)
         ds.remove_tag(tag)
-        click.echo(f"deleted tag {tag} (was snapshot {sid})")
+        note(f"deleted tag {tag} (was snapshot {sid})")
         return
     ds.add_tag(tag, version)
-    click.echo(f"tagged snapshot {ds.storage.head().tags[tag]} as {tag}")
+    note(f"tagged snapshot {ds.storage.head().tags[tag]} as {tag}")
+
+
+def _print_refs(kind: str, refs: list[tuple[str, int]], ds: Dataset, as_json: bool) -> None:
+    """Tags and branches list alike: name, snapshot, rows in it."""
+    rows = [[name, sid, ds.storage.snapshot(sid)["stats"]["rows"]] for name, sid in refs]
+    if as_json:
+        echo_json([{"name": n, "snapshot": s, "rows": r} for n, s, r in rows])
+    else:
+        print_table([kind, "SNAPSHOT", "ROWS"], rows, [False, True, True])
 
 
 @main.command("branch", short_help="Create, delete or list branches.")
 @click.argument("dataset", type=click.Path(file_okay=False))
 @click.argument("branch", required=False)
-@click.option("--from", "from_", default=None, help="Snapshot id, tag or branch to start from (default: main's head).")
+@click.option("--version", "-v", "--from", "from_", default=None, metavar="V",
+              help="Snapshot id, tag or branch to start from (default: main's head); --from is the old name.")
 @click.option("--delete", "-d", is_flag=True, help="Remove BRANCH instead of creating it.")
-def branch_cmd(dataset: str, branch: str | None, from_: str | None, delete: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="With no BRANCH: print the branches as JSON, for programs.")
+def branch_cmd(dataset: str, branch: str | None, from_: str | None, delete: bool, as_json: bool) -> None:
     """Create (or with --delete remove) BRANCH of DATASET; without BRANCH, list branches."""
     ds = open_dataset(dataset)
     if branch is None:
         if delete or from_ is not None:
-            raise UserInputError("branch: --delete and --from need a BRANCH")
+            raise UserInputError("branch: --delete and --version need a BRANCH")
         head = ds.storage.head()
-        rows = []
-        for name in sorted(head.branches, key=lambda x: (x != DEFAULT_BRANCH, x)):
-            sid = head.branches[name]
-            rows.append([name, sid, ds.storage.snapshot(sid)["stats"]["rows"]])
-        print_table(["BRANCH", "SNAPSHOT", "ROWS"], rows, [False, True, True])
+        names = sorted(head.branches, key=lambda x: (x != DEFAULT_BRANCH, x))
+        _print_refs("BRANCH", [(name, head.branches[name]) for name in names], ds, as_json)
         return
     if delete:
         if from_ is not None:
-            raise UserInputError("branch: --delete takes no --from")
+            raise UserInputError("branch: --delete takes no --version")
         if branch not in ds.storage.head().branches:
             raise NotFoundError(f"{ds.name}: no branch named {branch!r}")
         sid = ds.storage.head().branches[branch]
         ds.remove_branch(branch)
-        click.echo(f"deleted branch {branch} (was snapshot {sid})")
+        note(f"deleted branch {branch} (was snapshot {sid})")
         return
     ds.add_branch(branch, from_)
-    click.echo(f"created branch {branch} at snapshot {ds.storage.head().branches[branch]}")
+    note(f"created branch {branch} at snapshot {ds.storage.head().branches[branch]}")
 
 
 # -- diff ------------------------------------------------------------------------
@@ -404,12 +431,21 @@ def vacuum_cmd(dataset: str, older_than: str, apply: bool) -> None:
 @main.command("info", short_help="Describe a dataset: schema, keys, versions, stats.")
 @click.argument("dataset", type=click.Path(file_okay=False))
 @click.option("--version", "-v", "version", default=None, help="Snapshot id, tag or branch for the stats (default: main).")
-def info_cmd(dataset: str, version: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for programs.")
+def info_cmd(dataset: str, version: str | None, as_json: bool) -> None:
     """Describe DATASET: schema, keys, record fields, file layout, versions and stats."""
     st = open_storage(dataset)
     head = st.head()
     sid = st.resolve(version, DEFAULT_BRANCH, head)
     stats = st.snapshot(sid)["stats"]
+    if as_json:
+        echo_json({"dataset": st.location, "kind": st.kind, "format": st.meta.get("format"),
+                   "created": st.meta["created"], "primary_keys": st.primary_keys,
+                   "record_fields": st.record_fields, "file_layout": head.settings.get("file_layout"),
+                   "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in st.schema],
+                   "last_snapshot": head.last_snapshot_id, "branches": head.branches, "tags": head.tags,
+                   "snapshot": sid, "stats": stats})
+        return
     click.echo(f"dataset:       {st.location}")
     click.echo(f"kind:          {st.kind} ({st.meta.get('format')}, created {short_time(st.meta['created'])})")
     click.echo(f"primary keys:  {', '.join(st.primary_keys)}")

@@ -1,4 +1,4 @@
-"""``spacefs mount``, ``spacefs umount`` and ``spacefs demo``."""
+"""``spacefs mount``, ``spacefs umount``, ``spacefs mounts`` and ``spacefs demo``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import click
 
-from spacefs.cli import main
+from spacefs.cli import echo_json, main, note
 
 
 @main.command()
@@ -14,12 +14,16 @@ from spacefs.cli import main
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached (logs on stderr); Ctrl-C unmounts.")
 @click.option("--allow-other", is_flag=True, help="Let other users read the mount and use its control socket.")
-@click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Daemon log file (default: beside the socket).")
-def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, log_file: str | None) -> None:
+@click.option("--log", "log_file", type=click.Path(dir_okay=False),
+              help="Daemon log file, kept after unmounting (default: beside the socket, removed by a clean umount).")
+@click.option("--debug", is_flag=True, help="Make the daemon log at debug level (every commit it sees, and more).")
+def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, log_file: str | None, debug: bool) -> None:
     """Mount a catalog (or one dataset) directory SOURCE at MOUNTPOINT, read-only.
 
     Returns once the mount serves requests, the daemon running in the background.
     Every version of every dataset appears as files; new commits appear within a second.
+    MOUNTPOINT must be an empty directory; SOURCE a dataset, or a directory of datasets
+    (or an empty one). 'spacefs mounts' lists the mounts running.
     """
     from spacefs.mount import launch
 
@@ -34,7 +38,7 @@ def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, log
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger().setLevel(logging.DEBUG if debug else logging.INFO)
 
         def ready(msg: str) -> None:
             if msg == "ok":
@@ -42,8 +46,8 @@ def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, log
 
         daemon.run(source, mountpoint, allow_other=allow_other, ready=ready, log_path=None)
         return
-    info = launch.start(source, mountpoint, allow_other=allow_other, log=log_file)
-    click.echo(f"mounted {info.source} at {info.mountpoint} (daemon pid {info.pid}, log {info.log})")
+    info = launch.start(source, mountpoint, allow_other=allow_other, log=log_file, debug=debug)
+    note(f"mounted {info.source} at {info.mountpoint} (daemon pid {info.pid}, log {info.log})")
 
 
 @main.command()
@@ -54,7 +58,27 @@ def umount(mountpoint: str, lazy: bool) -> None:
     from spacefs.mount import launch
 
     launch.unmount(mountpoint, lazy=lazy)
-    click.echo(f"unmounted {os.path.abspath(mountpoint)}")
+    note(f"unmounted {os.path.abspath(mountpoint)}")
+
+
+@main.command("mounts", short_help="List the spacefs mounts running.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects, for programs.")
+def mounts_cmd(as_json: bool) -> None:
+    """List the spacefs mounts of this machine: mountpoint, source, daemon pid, state, log.
+
+    A 'stale' mount's daemon is gone; 'spacefs umount MOUNTPOINT' clears it.
+    """
+    from spacefs.cli.engine_cmds import print_table
+    from spacefs.mount.listing import active_mounts
+
+    found = active_mounts()
+    if as_json:
+        echo_json([m.as_dict() for m in found])
+    elif found:
+        print_table(["MOUNTPOINT", "SOURCE", "PID", "STATE", "LOG"],
+                    [[m.mountpoint, m.source or "?", m.pid or "?", m.state, m.log or "-"] for m in found])
+    else:
+        note("no spacefs mounts")
 
 
 @main.command()

@@ -160,8 +160,9 @@ def read_file(path: str, expected: os.stat_result) -> bytes:
             raise UserInputError(f"cannot read {path}: {e.strerror}") from None
 
 
-def import_folder(src: str, location: str, content_field: str = "content", mode: str = "insert",
-                  follow_symlinks: bool = False) -> ImportResult:
+def import_folder(src: str, location: str, content_field: str = "content", mode: str = "insert", *,
+                  follow_symlinks: bool = False, branch: str | None = None,
+                  message: str | None = None) -> ImportResult:
     """Import an ImageFolder-style tree into the dataset at ``location`` in one snapshot.
 
     The default mode ``insert`` refuses a file already stored under the same
@@ -196,7 +197,7 @@ def import_folder(src: str, location: str, content_field: str = "content", mode:
                 yield _table(schema, labels, names, blobs)
 
         with bar:
-            result = write_rows(ds, tables(), mode)
+            result = write_rows(ds, tables(), mode, branch, message)
     rows = len(files) if result.snapshot_id is not None else 0
     return ImportResult(ds.location, result.snapshot_id, rows, created, tuple(scan.skipped))
 

@@ -67,19 +67,23 @@ def hf_tables(hf_ds, record_fields: Sequence[str]) -> Iterator[pa.Table]:
 
 def import_hf(src: str, location: str, primary_keys: Sequence[str] | None = None,
               record_fields: Sequence[str] | None = None, split: str | None = None,
-              mode: str = "append") -> ImportResult:
+              mode: str = "insert", *, branch: str | None = None, message: str | None = None) -> ImportResult:
     """Import a HuggingFace dataset saved with ``save_to_disk`` at ``src`` into the dataset
     at ``location`` in one snapshot.
 
     A new dataset is made by ``Dataset.from_huggingface`` (features kept, so an export
     gives images back as images); ``record_fields`` then defaults to the Image, Audio
     and binary columns. An existing dataset takes the rows if the columns match.
+    ``mode``, ``branch`` and ``message`` are as for ``import_parquet`` (default
+    ``insert``: a repeated import fails instead of doubling the rows).
     """
     hf_ds = load_hf(src, split)
     if not is_dataset(location):
         if not primary_keys:
             raise UserInputError(f"{location} is not a dataset yet: creating it needs a primary key (--primary-key)")
         check_mode(mode)
+        if branch not in (None, "main"):
+            raise UserInputError(f"{location} is not a dataset yet: a new dataset has only the branch main")
         ds = Dataset.from_huggingface(hf_ds, location, list(primary_keys), list(record_fields) if record_fields else None)
         sid = ds.snapshot_id()
         return ImportResult(ds.location, sid or None, len(hf_ds) if sid else 0, True)
@@ -90,7 +94,7 @@ def import_hf(src: str, location: str, primary_keys: Sequence[str] | None = None
     schema = pa.schema([pa.field(f.name, pa.binary()) if f.name in records else f for f in hf_ds.features.arrow_schema])
     with import_target(location, schema, primary_keys, records, f"HuggingFace dataset {src}") as (ds, created):
         with progress(len(hf_ds), f"import {os.path.basename(ds.location)}") as bar:
-            result = write_rows(ds, counted(hf_tables(hf_ds, records), bar), mode)
+            result = write_rows(ds, counted(hf_tables(hf_ds, records), bar), mode, branch, message)
     return ImportResult(ds.location, result.snapshot_id, len(hf_ds) if result.snapshot_id is not None else 0, created)
 
 

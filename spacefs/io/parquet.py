@@ -61,8 +61,14 @@ def source_schema(files: Sequence[str]) -> pa.Schema:
 
 
 def import_parquet(src: str | Sequence[str], location: str, primary_keys: Sequence[str] | None = None,
-                   record_fields: Sequence[str] | None = None, mode: str = "append") -> ImportResult:
+                   record_fields: Sequence[str] | None = None, mode: str = "insert", *, branch: str | None = None,
+                   message: str | None = None) -> ImportResult:
     """Import Parquet files into the dataset at ``location`` (created if absent), in one snapshot.
+
+    ``mode``: ``insert`` (the default) refuses keys already stored, so importing the
+    same files twice fails instead of doubling the rows; ``upsert`` replaces them;
+    ``append`` adds rows without a key check. ``branch``: the branch written (default
+    main); ``message``: a note kept with the snapshot.
 
     Example::
 
@@ -82,7 +88,7 @@ def import_parquet(src: str | Sequence[str], location: str, primary_keys: Sequen
                     raise UserInputError(f"cannot read Parquet file {f}: {e}") from None
 
         with progress(total, f"import {os.path.basename(ds.location)}") as bar:
-            result = write_rows(ds, counted(tables(), bar), mode)
+            result = write_rows(ds, counted(tables(), bar), mode, branch, message)
     return ImportResult(ds.location, result.snapshot_id, total if result.snapshot_id is not None else 0, created)
 
 

@@ -45,6 +45,7 @@ class ImportResult:
     skipped: tuple[str, ...] = ()  # source entries left out, each with the reason
 
     def summary(self) -> str:
+        """One line for people: rows imported, into which dataset, which snapshot."""
         where = f"snapshot {self.snapshot_id}" if self.snapshot_id is not None else "no new snapshot"
         made = "new dataset " if self.created else ""
         left = f"; skipped {len(self.skipped)}" if self.skipped else ""
@@ -117,13 +118,19 @@ def import_target(location: str, schema: pa.Schema, primary_keys: Sequence[str] 
         raise
 
 
-def write_rows(ds: Dataset, tables: Iterable[pa.Table], mode: str = "append") -> Any:
-    """One engine write of all ``tables``: one snapshot, or none on any failure."""
-    runner = ds.local()
-    chunks = rechunk(tables)
-    if check_mode(mode) == "append":
-        return runner.append(chunks)
-    return getattr(runner, mode)(chunks)
+def write_rows(ds: Dataset, tables: Iterable[pa.Table], mode: str = "insert", branch: str | None = None,
+               message: str | None = None) -> Any:
+    """One engine write of all ``tables`` to ``branch`` (default main): one snapshot, or
+    none on any failure. ``message`` is kept with the snapshot."""
+    check_mode(mode)
+    on_branch(ds, branch)
+    return getattr(ds.local(), mode)(rechunk(tables), message=message)
+
+
+def on_branch(ds: Dataset, branch: str | None) -> None:
+    """Point ``ds``'s writes at ``branch`` (None: main), which must exist."""
+    if branch is not None:
+        ds.set_current_branch(branch)
 
 
 def rechunk(tables: Iterable[pa.Table], max_rows: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> Iterator[pa.Table]:
@@ -145,7 +152,8 @@ def rechunk(tables: Iterable[pa.Table], max_rows: int = CHUNK_ROWS, max_bytes: i
 
 def progress(total: int | None = None, desc: str = "", unit: str = "row", unit_scale: bool = True) -> tqdm:
     """A progress bar on a terminal; silent when stderr is not a tty."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=not sys.stderr.isatty(),
+    off = not sys.stderr.isatty() or os.environ.get("SPACEFS_QUIET") == "1"  # set by spacefs --quiet
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=off,
                 leave=False, dynamic_ncols=True)
 
 

@@ -26,12 +26,28 @@ from spacefs.engine import RayOptions
 from spacefs.engine.errors import NotFoundError, SchemaError, SpaceError, UserInputError
 from spacefs.engine.layout import encode_component
 
-from .target import ImportResult, import_target, open_dataset, output_dir, progress, rechunk
+from .target import (
+    ImportResult,
+    check_mode,
+    import_target,
+    on_branch,
+    open_dataset,
+    output_dir,
+    progress,
+    rechunk,
+    write_rows,
+)
 
 TEXT_EXTS = frozenset({"txt", "text", "cls", "cls2", "class", "label", "id", "index", "json", "caption"})
 BATCH_SAMPLES = 1024
 BATCH_BYTES = 64 << 20
 _BASE_PLUS_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's own key rule
+# Written beside exported shards: the Arrow types of the fields stored as text, so an
+# import of the shards gives them back as typed index fields (a file ``x.name`` says
+# nothing about whether ``name`` was a string). Readers of the shards ignore it.
+FIELD_TYPES_FILE = "spacefs-fields.json"
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating,
+               pa.types.is_boolean)
 
 
 def shard_files(src: str | Sequence[str]) -> list[str]:
@@ -100,14 +116,19 @@ def _one_line(e: BaseException) -> str:
     return "; ".join(part.strip(" -") for part in str(e).splitlines() if part.strip(" -")) or type(e).__name__
 
 
-def wds_schema(extensions: Iterable[str], text_exts: Iterable[str] = TEXT_EXTS, key_field: str = "key") -> tuple[pa.Schema, list[str]]:
-    """The dataset schema of samples with these extensions, and its record fields."""
-    text = set(text_exts)
+def wds_schema(extensions: Iterable[str], text_exts: Iterable[str] = TEXT_EXTS, key_field: str = "key",
+               types: dict[str, pa.DataType] | None = None) -> tuple[pa.Schema, list[str]]:
+    """The dataset schema of samples with these extensions, and its record fields.
+
+    ``types`` (from an export's field types file) gives extensions their Arrow type.
+    """
+    types = types or {}
+    text = set(text_exts) | set(types)
     exts = sorted(extensions)
     if key_field in exts:
         raise SchemaError(f"the samples have an extension {key_field!r}, which is also the key field; choose another key field")
     fields = [pa.field(key_field, pa.string(), nullable=False)]
-    fields += [pa.field(e, pa.string() if e in text else pa.binary()) for e in exts]
+    fields += [pa.field(e, types.get(e, pa.string()) if e in text else pa.binary()) for e in exts]
     return pa.schema(fields), [e for e in exts if e not in text]
 
 
@@ -170,12 +191,19 @@ def rechunk_shard(path: str, schema: pa.Schema, key_field: str = "key",
 
 
 def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterable[str] = TEXT_EXTS,
-                      key_field: str = "key", ray: bool = False, max_parallelism: int = 4) -> ImportResult:
+                      key_field: str = "key", ray: bool = False, max_parallelism: int = 4, *,
+                      branch: str | None = None, message: str | None = None, mode: str = "insert") -> ImportResult:
     """Ingest WebDataset shards into the dataset at ``location`` (created if absent) in
     parallel, one shard per worker, all in one snapshot.
 
     With ``ray=True`` the shards are read by Ray tasks (``ds.ray(...).append_from``).
+    ``branch``: the branch written (default main); ``message``: a note kept with the snapshot.
+    ``mode``: into an existing dataset, ``insert`` (the default) refuses samples whose
+    key is already stored, so a repeated import fails instead of doubling the rows, and
+    ``upsert`` replaces them (both read the shards in turn, keys checked at commit);
+    ``append`` adds them unchecked, in parallel.
     """
+    check_mode(mode)
     files = shard_files(src)
     scan = scan_shards(files)
     total = sum(scan.samples.values())
@@ -184,13 +212,17 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
         _check_extensions(schema, scan.extensions, key_field, files[0])
         record_fields: list[str] = []
     else:
-        schema, record_fields = wds_schema(scan.extensions, text_exts, key_field)
+        schema, record_fields = wds_schema(scan.extensions, text_exts, key_field, exported_types(files))
     with import_target(location, schema, [key_field], record_fields, f"WebDataset {files[0]}") as (ds, created):
+        on_branch(ds, branch)
         with progress(total, f"import {os.path.basename(ds.location)}", unit="sample") as bar:
-            if ray:
+            if not created and mode != "append":
+                tables = (t for f in files for t in read_shard(f, ds.schema, key_field, bar.update))
+                result = write_rows(ds, tables, mode, branch, message)
+            elif ray:
                 sources = [partial(rechunk_shard, f, ds.schema, key_field) for f in files]
                 try:
-                    result = ds.ray(RayOptions(max_parallelism=max_parallelism)).append_from(sources)
+                    result = ds.ray(RayOptions(max_parallelism=max_parallelism)).append_from(sources, message=message)
                 except Exception as e:
                     # A task's error arrives wrapped with its remote traceback: report the cause.
                     cause = getattr(e, "cause", None)
@@ -200,8 +232,21 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
                 bar.update(total)
             else:
                 sources = [partial(rechunk_shard, f, ds.schema, key_field, bar.update) for f in files]
-                result = ds.local().append_from(sources, max_workers=max_parallelism)
+                result = ds.local().append_from(sources, max_workers=max_parallelism, message=message)
     return ImportResult(ds.location, result.snapshot_id, total if result.snapshot_id is not None else 0, created)
+
+
+def exported_types(files: Sequence[str]) -> dict[str, pa.DataType]:
+    """The field types an export wrote beside these shards (empty if there is no such file)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(files[0])), FIELD_TYPES_FILE)
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return {name: pa.type_for_alias(alias) for name, alias in doc["fields"].items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserInputError(f"unreadable {path}: {e}") from None
 
 
 def _check_extensions(schema: pa.Schema, exts: Sequence[str], key_field: str, source: str) -> None:
@@ -267,7 +312,10 @@ def _file_bytes(value: Any) -> bytes:
 def export_webdataset(location: str, dest: str, version: int | str | None = None,
                       samples_per_shard: int = 10_000, fields: Sequence[str] | None = None) -> list[str]:
     """Write a version as WebDataset shards ``dest/shard-NNNNNN.tar``: one sample per row,
-    keyed by its primary key, one file per other field named by the field."""
+    keyed by its primary key, one file per other field named by the field.
+
+    ``dest/spacefs-fields.json`` records the types of the fields written as text, so
+    ``import_webdataset`` of ``dest`` keeps them typed index fields."""
     import webdataset as wds
 
     ds = open_dataset(location)
@@ -285,5 +333,9 @@ def export_webdataset(location: str, dest: str, version: int | str | None = None
                     sample.update({n: _file_bytes(row[n]) for n in names if row[n] is not None})
                     sink.write(sample)
                     bar.update(1)
-        shards = sorted(os.listdir(staging))
+        text = {n: str(ds.schema.field(n).type) for n in names
+                if any(is_type(ds.schema.field(n).type) for is_type in _TEXT_TYPES)}
+        with open(os.path.join(staging, FIELD_TYPES_FILE), "w") as f:
+            json.dump({"fields": text}, f, indent=1)
+        shards = sorted(n for n in os.listdir(staging) if n != FIELD_TYPES_FILE)
     return [os.path.join(os.path.abspath(dest), s) for s in shards]
