@@ -1,0 +1,112 @@
+"""Storage backends: one contract for a directory and an S3 bucket (moto's server)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+
+from spacefs.engine.errors import SpaceError, StorageError, UserInputError
+from spacefs.engine.objstore import LocalBackend, S3Backend, open_location
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request, tmp_path):
+    if request.param == "local":
+        return open_location(str(tmp_path / "ds"))
+    return open_location(request.getfixturevalue("s3_bucket") + "/some/prefix")
+
+
+def test_open_location_kinds(tmp_path, s3_bucket):
+    assert isinstance(open_location(str(tmp_path)), LocalBackend)
+    assert isinstance(open_location(f"file://{tmp_path}"), LocalBackend)
+    b = open_location(s3_bucket + "/a/b/")
+    assert isinstance(b, S3Backend) and b.prefix == "a/b" and b.uri == s3_bucket + "/a/b"
+    with pytest.raises(UserInputError, match="gs://x"):
+        open_location("gs://x/y")
+    with pytest.raises(UserInputError, match="names no bucket"):
+        open_location("s3:///just/a/path")
+
+
+def test_put_read_ranges_list_delete(backend):
+    data = bytes(range(256)) * 64
+    backend.put("data/records/f/a.bin", data)
+    backend.put("metadata/log/000000000000.json", b"{}")
+    assert backend.read("data/records/f/a.bin") == data
+    assert backend.size("data/records/f/a.bin") == len(data)
+    assert backend.read_range("data/records/f/a.bin", 100, 50) == data[100:150]
+    ranges = [(0, 10), (5000, 7), (10, 0), (16000, 384), (3, 4)]
+    assert backend.read_ranges("data/records/f/a.bin", ranges) == [data[s:s + n] for s, n in ranges]
+    assert backend.exists("metadata/log/000000000000.json")
+    assert not backend.exists("metadata/log/000000000001.json")
+    assert backend.list("data/") == ["data/records/f/a.bin"]
+    assert backend.list("") == ["data/records/f/a.bin", "metadata/log/000000000000.json"]
+    backend.put("metadata/log/000000000001.json", b"{}")
+    assert backend.list("metadata/log/", start_after="metadata/log/000000000000.json") == [
+        "metadata/log/000000000001.json"]
+    assert backend.stat("data/records/f/a.bin").size == len(data)
+    backend.delete(["data/records/f/a.bin", "data/records/f/never-existed.bin"])
+    assert not backend.exists("data/records/f/a.bin")
+    with pytest.raises(FileNotFoundError, match="a.bin"):
+        backend.read("data/records/f/a.bin")
+
+
+def test_put_if_absent_has_one_winner(backend):
+    assert backend.put_if_absent("metadata/log/000000000007.json", b"first")
+    assert not backend.put_if_absent("metadata/log/000000000007.json", b"second")
+    assert backend.read("metadata/log/000000000007.json") == b"first"
+
+
+def test_put_file_uploads_a_local_file(backend, tmp_path):
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(7 * 1024 * 1024))  # above obstore's multipart threshold
+    backend.put_file("data/records/f/big.bin", str(src))
+    assert backend.read("data/records/f/big.bin") == src.read_bytes()
+
+
+def test_etag_changes_with_content(backend):
+    backend.put("x", b"one")
+    a = backend.stat("x")
+    backend.put("x", b"two!")
+    b = backend.stat("x")
+    assert a.etag != b.etag and b.size == 4
+
+
+def test_missing_bucket_is_a_clear_error(moto_server, monkeypatch):
+    for k, v in moto_server.env.items():
+        monkeypatch.setenv(k, v)
+    b = open_location("s3://no-such-bucket-here/ds")
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-here' of s3://no-such-bucket-here/ds does not exist"):
+        b.read("metadata/dataset.json")
+    with pytest.raises(StorageError, match="does not exist"):
+        b.put("x", b"y")
+
+
+def test_unreachable_endpoint_gives_up_after_bounded_retries(s3_bucket):
+    b = open_location(s3_bucket, {"endpoint": "http://127.0.0.1:9", "max_retries": 2, "retry_timeout": 5})
+    with pytest.raises(StorageError, match=r"cannot reach http://127.0.0.1:9 \(gave up after 2 retries\)") as e:
+        b.read("metadata/dataset.json")
+    assert s3_bucket in str(e.value) and isinstance(e.value, SpaceError)
+
+
+def test_storage_options_override_environment(moto_server, monkeypatch, tmp_path):
+    # The environment points nowhere; the options (AWS variable spellings) name the server.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    bucket = moto_server.create_bucket()
+    opts = {"AWS_ENDPOINT_URL": moto_server.endpoint, "aws_access_key_id": "testing",
+            "secret_access_key": "testing", "region": "us-east-1"}
+    b = open_location(f"s3://{bucket}/p", opts)
+    b.put("k", b"v")
+    assert b.read("k") == b"v"
+    # A backend travels to worker processes by its location and options, not its client.
+    assert pickle.loads(pickle.dumps(b)).read("k") == b"v"
+
+
+def test_refused_credentials_are_a_clear_error(tmp_path):
+    import obstore.exceptions as ox
+
+    b = S3Backend("s3://bucket/p", {"endpoint": "http://127.0.0.1:9"})
+    with pytest.raises(StorageError, match="access denied by http://127.0.0.1:9; check AWS_ACCESS_KEY_ID"):
+        with b._errors("read", "k"):
+            raise ox.PermissionDeniedError("403 Forbidden")
