@@ -45,6 +45,8 @@ from .errors import StorageError, UserInputError
 # Ranges closer than this are fetched by one request: a GET costs ~a round trip, and on a
 # LAN or in-region a round trip moves several hundred KiB.
 COALESCE_BYTES = 256 * 1024
+# ...but one GET moves at most this much, so a long read is several requests in parallel.
+MAX_SPAN = 8 << 20
 
 # Keys of ``storage_options`` that configure the HTTP client rather than S3 itself.
 _CLIENT_KEYS = {
@@ -284,18 +286,33 @@ class S3Backend:
             return bytes(obstore.get_range(self.store, path, start=start, length=length))
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Many ranges of one object: nearby ranges share a GET, the GETs run in parallel."""
+        """Many ranges of one object: nearby ranges share a GET, the GETs run in parallel.
 
-        if not ranges:
-            return []
-        want = [(i, s, n) for i, (s, n) in enumerate(ranges) if n > 0]
+        obstore merges ranges closer than ``COALESCE_BYTES`` however long the result; we
+        first cut the sorted ranges into spans of at most ``MAX_SPAN`` bytes and fetch the
+        spans in parallel, since one S3 connection streams far slower than several.
+        """
+        want = sorted((s, n, i) for i, (s, n) in enumerate(ranges) if n > 0)
         out = [b""] * len(ranges)
-        if want:
+        batches: list[list[tuple[int, int, int]]] = []
+        for r in want:
+            if batches and r[0] + r[1] - batches[-1][0][0] <= MAX_SPAN:
+                batches[-1].append(r)
+            else:
+                batches.append([r])
+
+        def fetch(batch: list[tuple[int, int, int]]) -> None:
             with self._errors("read", path):
-                got = obstore.get_ranges(self.store, path, starts=[s for _, s, _ in want],
-                                         lengths=[n for _, _, n in want], coalesce=COALESCE_BYTES)
-            for (i, _, _), b in zip(want, got, strict=True):
+                got = obstore.get_ranges(self.store, path, starts=[s for s, _, _ in batch],
+                                         lengths=[n for _, n, _ in batch], coalesce=COALESCE_BYTES)
+            for (_, _, i), b in zip(batch, got, strict=True):
                 out[i] = bytes(b)
+
+        if len(batches) == 1:
+            fetch(batches[0])
+        elif batches:
+            for f in [pool().submit(fetch, b) for b in batches]:
+                f.result()
         return out
 
     def put(self, path: str, data: bytes) -> None:

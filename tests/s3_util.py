@@ -9,6 +9,7 @@ server without it must fail the run loudly rather than let the concurrency tests
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -79,6 +80,25 @@ class MotoServer:
     def log(self) -> str:
         with open(self._log.name, errors="replace") as f:
             return f.read()[-4000:]
+
+    def mark(self) -> int:
+        """A position in the request log; ``requests(mark)`` counts what came after it."""
+        self._log.flush()
+        return os.path.getsize(self._log.name)
+
+    def requests(self, since: int = 0) -> dict[str, int]:
+        """HTTP requests the server answered since ``since``, by kind: GET, LIST, HEAD, PUT, ..."""
+        with open(self._log.name, "rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
+        counts: dict[str, int] = {}
+        for line in lines:
+            m = re.search(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+) (\S+) HTTP', line)
+            if not m or m.group(2).startswith("/moto-api"):
+                continue
+            kind = "LIST" if m.group(1) == "GET" and "list-type=" in m.group(2) else m.group(1)
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def client(self):
         """A boto3 client for set-up only (bucket creation): spacefs itself never uses boto3."""

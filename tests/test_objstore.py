@@ -110,3 +110,14 @@ def test_refused_credentials_are_a_clear_error(tmp_path):
     with pytest.raises(StorageError, match="access denied by http://127.0.0.1:9; check AWS_ACCESS_KEY_ID"):
         with b._errors("read", "k"):
             raise ox.PermissionDeniedError("403 Forbidden")
+
+
+def test_long_reads_are_cut_into_parallel_spans(s3_bucket, monkeypatch):
+    from spacefs.engine import objstore
+
+    monkeypatch.setattr(objstore, "MAX_SPAN", 4096)
+    b = open_location(s3_bucket)
+    data = os.urandom(100_000)
+    b.put("obj", data)
+    ranges = [(s, 700) for s in range(99_000, 0, -1_300)] + [(0, 100_000), (5, 0)]
+    assert b.read_ranges("obj", ranges) == [data[s:s + n] for s, n in ranges]
