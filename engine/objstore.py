@@ -84,6 +84,26 @@ class Backend(Protocol):
     def delete(self, paths: Iterable[str]) -> None: ...
 
 
+def check_conditional_writes(backend: Backend) -> None:
+    """Refuse a store that ignores ``If-None-Match: *``: commits there could be lost silently.
+
+    Run once when a dataset is created on a bucket (2 PUTs and a DELETE). AWS S3 (since
+    2024), MinIO, Cloudflare R2 and moto honour it; a store that does not fails here, not
+    at the first lost commit.
+    """
+    probe = f"metadata/.conditional-put-probe-{uuid.uuid4().hex}"
+    try:
+        first = backend.put_if_absent(probe, b"1")
+        second = backend.put_if_absent(probe, b"2")
+        stored = backend.read(probe)
+    finally:
+        backend.delete([probe])
+    if not first or second or stored != b"1":
+        raise StorageError(
+            f"{backend.uri} does not honour conditional writes (If-None-Match: *): concurrent "
+            "commits could overwrite each other, so spacefs will not store datasets there")
+
+
 def is_remote(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 

@@ -121,3 +121,22 @@ def test_long_reads_are_cut_into_parallel_spans(s3_bucket, monkeypatch):
     b.put("obj", data)
     ranges = [(s, 700) for s in range(99_000, 0, -1_300)] + [(0, 100_000), (5, 0)]
     assert b.read_ranges("obj", ranges) == [data[s:s + n] for s, n in ranges]
+
+
+def test_conditional_write_check(backend):
+    from spacefs.engine.objstore import check_conditional_writes
+
+    check_conditional_writes(backend)
+    assert backend.list("metadata/") == []  # the probe is gone
+
+
+def test_conditional_write_check_refuses_a_store_that_overwrites(tmp_path):
+    from spacefs.engine.objstore import check_conditional_writes
+
+    class Overwriting(LocalBackend):
+        def put_if_absent(self, path, data):
+            self.put(path, data)
+            return True
+
+    with pytest.raises(StorageError, match="does not honour conditional writes"):
+        check_conditional_writes(Overwriting(str(tmp_path)))
