@@ -75,11 +75,11 @@ class ObjectLog:
         seqs: list[int] = []
         if hint is not None and hint > 0:
             # Start one before the hint so the hint's own entry proves it is not ahead.
-            seqs = [s for s in map(_seq_of, self.backend.list(LOG, start_after=entry_path(hint - 1))) if s is not None]
+            seqs = [s for s in map(_seq_of, self.backend.list_paths(LOG, start_after=entry_path(hint - 1))) if s is not None]
             if hint not in seqs:
                 seqs = []  # hint ahead of the log: only if the log was tampered with
         if not seqs:
-            seqs = [s for s in map(_seq_of, self.backend.list(LOG)) if s is not None]
+            seqs = [s for s in map(_seq_of, self.backend.list_paths(LOG)) if s is not None]
         if not seqs:
             raise VersionNotFoundError(f"no log entries in {self.root}: not a dataset")
         self._known = max(seqs)
@@ -131,12 +131,7 @@ class ObjectLog:
         data = json.dumps(doc, sort_keys=True).encode()
         failpoints.hit("commit:before_publish")
         if not self.backend.put_if_absent(entry_path(seq), data):
-            try:
-                stored = self.backend.read(entry_path(seq))
-            except FileNotFoundError:
-                stored = None  # a conflicting create in flight that then failed: retry
-            if stored != data:
-                return False
+            return False
         failpoints.hit("commit:after_publish")
         self._known = seq
         entry = Entry(seq, doc)

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -67,21 +67,54 @@ class ObjectInfo:
 
 
 class Backend(Protocol):
-    """What spacefs needs from a storage location; paths are relative, ``/``-separated."""
+    """What spacefs needs from a storage location; paths are relative, ``/``-separated.
 
+    A superset of the seam in engine/backend.py (``root``, ``read_bytes``,
+    ``put_if_absent(..., sync=, before_publish=)``, ``put``, ``copy_if_absent``, ``exists``,
+    ``list`` of the names directly under a directory, ``read_range``, ``local_path``), plus
+    what object storage needs: batched ranges, uploads of local files, recursive listing
+    from a key on, bulk delete, and an etag for caching.
+    """
+
+    root: str  # the location as the user gave it: a directory or s3://bucket/prefix
     uri: str
 
     def read(self, path: str) -> bytes: ...
+    def read_bytes(self, path: str) -> bytes: ...
     def read_range(self, path: str, start: int, length: int) -> bytes: ...
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
     def put(self, path: str, data: bytes) -> None: ...
     def put_file(self, path: str, local_path: str) -> None: ...
-    def put_if_absent(self, path: str, data: bytes) -> bool: ...
+    def put_if_absent(self, path: str, data: bytes, *, sync: bool = False,
+                      before_publish: Callable[[], None] | None = None) -> bool: ...
+    def copy_if_absent(self, src: str, dst: str) -> bool: ...
     def exists(self, path: str) -> bool: ...
     def stat(self, path: str) -> ObjectInfo: ...
     def size(self, path: str) -> int: ...
-    def list(self, prefix: str, start_after: str | None = None) -> list[str]: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def list_paths(self, prefix: str, start_after: str | None = None) -> list[str]: ...
     def delete(self, paths: Iterable[str]) -> None: ...
+    def local_path(self, path: str) -> str | None: ...
+    def open_record(self, path: str) -> AbstractContextManager[RangeReader]: ...
+
+
+class RangeReader:
+    """A record file held "open" on a backend: ranged reads of one object, nothing held."""
+
+    def __init__(self, backend: Backend, path: str):
+        self.backend = backend
+        self.path = path
+
+    def read_range(self, start: int, length: int) -> bytes:
+        return self.backend.read_range(self.path, start, length)
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return self.backend.read_ranges(self.path, ranges)
+
+
+@contextmanager
+def _open_record(backend: Backend, path: str) -> Iterator[RangeReader]:
+    yield RangeReader(backend, path)
 
 
 def check_conditional_writes(backend: Backend) -> None:
@@ -127,6 +160,7 @@ class LocalBackend:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.uri = self.root
+        self.storage_options: dict[str, Any] = {}
 
     def _full(self, path: str) -> str:
         return os.path.join(self.root, *path.split("/"))
@@ -134,6 +168,14 @@ class LocalBackend:
     def read(self, path: str) -> bytes:
         with open(self._full(path), "rb") as f:
             return f.read()
+
+    read_bytes = read
+
+    def local_path(self, path: str) -> str | None:
+        return self._full(path)
+
+    def open_record(self, path: str) -> AbstractContextManager[RangeReader]:
+        return _open_record(self, path)
 
     def read_range(self, path: str, start: int, length: int) -> bytes:
         fd = os.open(self._full(path), os.O_RDONLY)
@@ -149,12 +191,14 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def _tmp(self, path: str, data: bytes) -> str:
+    def _tmp(self, path: str, data: bytes, sync: bool = False) -> str:
         full = self._full(path)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         tmp = os.path.join(os.path.dirname(full), f".tmp-{uuid.uuid4().hex}")
         with open(tmp, "xb") as f:
             f.write(data)
+            if sync:
+                os.fsync(f.fileno())
         return tmp
 
     def put(self, path: str, data: bytes) -> None:
@@ -165,15 +209,26 @@ class LocalBackend:
         with open(local_path, "rb") as f:
             self.put(path, f.read())
 
-    def put_if_absent(self, path: str, data: bytes) -> bool:
-        tmp = self._tmp(path, data)
+    def put_if_absent(self, path: str, data: bytes, *, sync: bool = False,
+                      before_publish: Callable[[], None] | None = None) -> bool:
+        tmp = self._tmp(path, data, sync)
         try:
+            if before_publish is not None:
+                before_publish()
             os.link(tmp, self._full(path))
             return True
         except FileExistsError:
             return False
         finally:
             os.unlink(tmp)
+
+    def copy_if_absent(self, src: str, dst: str) -> bool:
+        os.makedirs(os.path.dirname(self._full(dst)), exist_ok=True)
+        try:
+            os.link(self._full(src), self._full(dst))  # a hard link: no bytes copied
+            return True
+        except FileExistsError:
+            return False
 
     def exists(self, path: str) -> bool:
         return os.path.exists(self._full(path))
@@ -185,7 +240,15 @@ class LocalBackend:
     def size(self, path: str) -> int:
         return os.stat(self._full(path)).st_size
 
-    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+    def list(self, prefix: str) -> list[str]:
+        """Names directly under the directory ``prefix`` (files and subdirectories)."""
+        try:
+            return sorted(os.listdir(self._full(prefix.strip("/")) if prefix.strip("/") else self.root))
+        except FileNotFoundError:
+            return []
+
+    def list_paths(self, prefix: str, start_after: str | None = None) -> list[str]:
+        """Relative paths of the files under ``prefix``, sorted, after ``start_after`` if given."""
         base = self._full(prefix.rstrip("/")) if prefix.strip("/") else self.root
         out = []
         for dirpath, _dirs, files in os.walk(base):
@@ -245,7 +308,7 @@ class S3Backend:
         parsed = urlparse(uri)
         if not parsed.netloc:
             raise UserInputError(f"{uri!r} names no bucket: use s3://bucket/prefix")
-        self.uri = uri.rstrip("/")
+        self.uri = self.root = uri.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.storage_options = dict(storage_options or {})
@@ -298,6 +361,15 @@ class S3Backend:
         with self._errors("read", path):
             return bytes(obstore.get(self.store, path).bytes())
 
+    read_bytes = read
+
+    def local_path(self, path: str) -> str | None:
+        return None  # not in a local file system: read by range
+
+    def open_record(self, path: str) -> AbstractContextManager[RangeReader]:
+        """A ranged-GET reader: an object store has nothing to hold open."""
+        return _open_record(self, path)
+
     def read_range(self, path: str, start: int, length: int) -> bytes:
 
         if length == 0:
@@ -346,24 +418,33 @@ class S3Backend:
         with self._errors("write", path):
             obstore.put(self.store, path, Path(local_path))
 
-    def put_if_absent(self, path: str, data: bytes) -> bool:
+    def put_if_absent(self, path: str, data: bytes, *, sync: bool = False,
+                      before_publish: Callable[[], None] | None = None) -> bool:
         """Create ``path`` unless it exists (``If-None-Match: *``); False if it existed.
 
-        A True may hide nothing, but a False may: if our PUT landed and only its answer was
-        lost, the library's retry sees 412. Callers that need to know (the log) compare the
-        stored bytes with theirs.
+        One case a directory never has: obstore retries a PUT whose answer was lost, and
+        that retry is refused (412) by the object our first attempt created. So a refusal
+        is checked by reading the object back: if it holds our bytes, the create was ours.
+        (Callers publish unique bytes: a log entry holds its time and fresh file names.)
+        ``sync`` is meaningless here: a PUT is durable when it is answered.
         """
-
+        if before_publish is not None:
+            before_publish()
         try:
             with self._errors("write", path):
                 obstore.put(self.store, path, data, mode="create")
-        except ox.AlreadyExistsError:
-            return False
-        except ox.PreconditionError:
-            # 409 ConditionalRequestConflict: another create of this key is in flight.
-            # Only the existing object can settle who won.
-            return False
-        return True
+            return True
+        except (ox.AlreadyExistsError, ox.PreconditionError):
+            # PreconditionError: 409 ConditionalRequestConflict, another create in flight.
+            pass
+        try:
+            return self.read(path) == data
+        except FileNotFoundError:
+            return False  # the conflicting create failed too: the caller retries
+
+    def copy_if_absent(self, src: str, dst: str) -> bool:
+        """``dst`` gets the bytes of ``src`` unless it exists (a snapshot's entry: small)."""
+        return self.put_if_absent(dst, self.read(src))
 
     def exists(self, path: str) -> bool:
         try:
@@ -381,7 +462,16 @@ class S3Backend:
     def size(self, path: str) -> int:
         return self.stat(path).size
 
-    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+    def list(self, prefix: str) -> list[str]:
+        """Names directly under the "directory" ``prefix`` (objects and common prefixes)."""
+        base = prefix.strip("/")
+        with self._errors("list", prefix):
+            res = obstore.list_with_delimiter(self.store, base or None)
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in res["common_prefixes"]]
+        names += [m["path"].rsplit("/", 1)[-1] for m in res["objects"]]
+        return sorted(names)
+
+    def list_paths(self, prefix: str, start_after: str | None = None) -> list[str]:
         """Relative paths under ``prefix``, sorted; only those after ``start_after`` if given."""
 
         out: list[str] = []

@@ -101,12 +101,12 @@ def test_hint_is_only_a_hint(location):
         ObjectLog(open_location(location + "-empty")).head_seq()
 
 
-def test_a_lost_answer_to_our_own_put_counts_as_landed(location):
-    log = new_log(location)
+def test_a_lost_answer_to_our_own_put_counts_as_landed(s3_location):
+    log = new_log(s3_location)
     doc = next_doc(log.latest())
     assert log.try_publish(doc)
     # The library retried a PUT that had landed: the retry is refused, the bytes are ours.
-    assert ObjectLog(open_location(location)).try_publish(doc)
+    assert ObjectLog(open_location(s3_location)).try_publish(doc)
     assert not log.try_publish({**doc, "op": "other"})
     assert log.head_seq() == 1
 
@@ -128,13 +128,13 @@ def test_same_layout_as_a_directory(tmp_path, s3_location):
         log.try_publish(next_doc(log.latest(), i=i))
     assert MetadataLog(local).latest().doc == log.latest().doc  # the link-based reader agrees
     src, dst = open_location(local), open_location(s3_location)
-    for rel in src.list(""):
+    for rel in src.list_paths(""):
         dst.put(rel, src.read(rel))
     assert ObjectLog(dst).latest().doc == log.latest().doc
     assert check_log(s3_location) == 3
     # ...and back: a bucket copied to disk is a dataset the disk reader accepts.
     back = str(tmp_path / "back")
-    for rel in dst.list(""):
+    for rel in dst.list_paths(""):
         open_location(back).put(rel, dst.read(rel))
     assert MetadataLog(back).latest().doc == log.latest().doc
 

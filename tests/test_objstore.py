@@ -40,11 +40,20 @@ def test_put_read_ranges_list_delete(backend):
     assert backend.read_ranges("data/records/f/a.bin", ranges) == [data[s:s + n] for s, n in ranges]
     assert backend.exists("metadata/log/000000000000.json")
     assert not backend.exists("metadata/log/000000000001.json")
-    assert backend.list("data/") == ["data/records/f/a.bin"]
-    assert backend.list("") == ["data/records/f/a.bin", "metadata/log/000000000000.json"]
+    assert backend.list_paths("data/") == ["data/records/f/a.bin"]
+    assert backend.list_paths("") == ["data/records/f/a.bin", "metadata/log/000000000000.json"]
     backend.put("metadata/log/000000000001.json", b"{}")
-    assert backend.list("metadata/log/", start_after="metadata/log/000000000000.json") == [
+    assert backend.list_paths("metadata/log/", start_after="metadata/log/000000000000.json") == [
         "metadata/log/000000000001.json"]
+    # list: the names directly under a directory, as engine/backend.py's seam has it
+    assert backend.list("") == ["data", "metadata"]
+    assert backend.list("metadata/log") == ["000000000000.json", "000000000001.json"]
+    assert backend.list("data/records/") == ["f"]
+    assert backend.list("nothing/here") == []
+    assert backend.read_bytes("metadata/log/000000000000.json") == b"{}"
+    backend.put("data/records/f/b.bin", data)
+    with backend.open_record("data/records/f/b.bin") as rec:
+        assert rec.read_range(7, 9) == data[7:16] and rec.read_ranges([(1, 2)]) == [data[1:3]]
     assert backend.stat("data/records/f/a.bin").size == len(data)
     backend.delete(["data/records/f/a.bin", "data/records/f/never-existed.bin"])
     assert not backend.exists("data/records/f/a.bin")
@@ -53,9 +62,23 @@ def test_put_read_ranges_list_delete(backend):
 
 
 def test_put_if_absent_has_one_winner(backend):
-    assert backend.put_if_absent("metadata/log/000000000007.json", b"first")
-    assert not backend.put_if_absent("metadata/log/000000000007.json", b"second")
-    assert backend.read("metadata/log/000000000007.json") == b"first"
+    calls = []
+    assert backend.put_if_absent("metadata/log/000000000007.json", b"first", before_publish=lambda: calls.append(1))
+    assert not backend.put_if_absent("metadata/log/000000000007.json", b"second", sync=True)
+    assert backend.read("metadata/log/000000000007.json") == b"first" and calls == [1]
+    assert backend.copy_if_absent("metadata/log/000000000007.json", "metadata/snapshots/000000000003.json")
+    backend.put("metadata/log/000000000008.json", b"other")
+    assert not backend.copy_if_absent("metadata/log/000000000008.json", "metadata/snapshots/000000000003.json")
+    assert backend.read("metadata/snapshots/000000000003.json") == b"first"
+
+
+def test_a_refused_create_holding_our_bytes_was_ours(s3_bucket):
+    """obstore retries a PUT whose answer was lost; the retry's 412 must not read as a loss."""
+    b = open_location(s3_bucket)
+    assert b.put_if_absent("metadata/log/000000000001.json", b"entry one")
+    assert b.put_if_absent("metadata/log/000000000001.json", b"entry one")  # as a retry sees it
+    assert not b.put_if_absent("metadata/log/000000000001.json", b"another entry")
+    assert b.local_path("x") is None and b.root == s3_bucket
 
 
 def test_put_file_uploads_a_local_file(backend, tmp_path):
@@ -127,7 +150,7 @@ def test_conditional_write_check(backend):
     from spacefs.engine.objstore import check_conditional_writes
 
     check_conditional_writes(backend)
-    assert backend.list("metadata/") == []  # the probe is gone
+    assert backend.list_paths("metadata/") == []  # the probe is gone
 
 
 def test_conditional_write_check_refuses_a_store_that_overwrites(tmp_path):
