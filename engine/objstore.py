@@ -26,6 +26,7 @@ Verified against moto's server in tests/test_objstore.py (conditional create ref
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -314,15 +315,22 @@ class S3Backend:
         self.storage_options = dict(storage_options or {})
         s3, client, retry = _store_config(storage_options)
         self.endpoint = s3.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-        self.max_retries = int(retry.get("max_retries", 5))
+        try:
+            self.max_retries = int(retry.get("max_retries", 5))
+            retry_timeout = float(retry.get("retry_timeout", 60))
+        except (TypeError, ValueError):
+            raise UserInputError(f"storage_options for {self.uri}: max_retries and retry_timeout must be numbers, "
+                                 f"got {retry}") from None
         retry_config = {
             "max_retries": self.max_retries,
-            "retry_timeout": timedelta(seconds=float(retry.get("retry_timeout", 60))),
+            "retry_timeout": timedelta(seconds=retry_timeout),
             "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5), "base": 2},
         }
         try:
             self.store = S3Store(self.bucket, prefix=self.prefix or None, config=s3,
                                  client_options=client, retry_config=retry_config)
+        except ox.UnknownConfigurationKeyError as e:
+            raise UserInputError(f"storage_options for {self.uri}: {_first_line(e)}") from None
         except Exception as e:
             raise StorageError(f"cannot configure {self.uri}: {_first_line(e)}") from None
 
@@ -489,8 +497,14 @@ class S3Backend:
 
 
 def _first_line(e: BaseException) -> str:
+    """obstore's message without its debug dump; the S3 error code and message if any."""
     text = str(e).split("\n\nDebug source:")[0]
-    return text.split("\n")[0][:300]
+    head = text.split("\n")[0].split(": <?xml")[0][:300]
+    code = re.search(r"<Code>([^<]*)</Code>", text)
+    msg = re.search(r"<Message>([^<]*)</Message>", text)
+    if code:
+        head += f" [{code.group(1)}{': ' + msg.group(1) if msg else ''}]"
+    return head
 
 
 _POOL: ThreadPoolExecutor | None = None

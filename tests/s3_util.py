@@ -33,7 +33,8 @@ def _free_port() -> int:
 class MotoServer:
     """One ``python -m moto.server`` subprocess and the AWS settings that point at it."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_env: dict[str, str] | None = None) -> None:
+        self.server_env = server_env or {}
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
@@ -52,7 +53,8 @@ class MotoServer:
 
     def start(self, timeout: float = 60.0) -> None:
         argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.server_env}
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

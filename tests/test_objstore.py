@@ -126,13 +126,22 @@ def test_storage_options_override_environment(moto_server, monkeypatch, tmp_path
     assert pickle.loads(pickle.dumps(b)).read("k") == b"v"
 
 
-def test_refused_credentials_are_a_clear_error(tmp_path):
-    import obstore.exceptions as ox
+def test_refused_credentials_are_a_clear_error(monkeypatch):
+    from s3_util import MotoServer
 
-    b = S3Backend("s3://bucket/p", {"endpoint": "http://127.0.0.1:9"})
-    with pytest.raises(StorageError, match="access denied by http://127.0.0.1:9; check AWS_ACCESS_KEY_ID"):
-        with b._errors("read", "k"):
-            raise ox.PermissionDeniedError("403 Forbidden")
+    strict = MotoServer({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # moto checks credentials from the start
+    strict.start()
+    try:
+        for k, v in strict.env.items():
+            monkeypatch.setenv(k, v)
+        b = open_location("s3://some-bucket/ds")
+        for call in (lambda: b.read("metadata/dataset.json"), lambda: b.put("x", b"y"),
+                     lambda: b.put_if_absent("metadata/log/000000000000.json", b"{}")):
+            with pytest.raises(StorageError, match=r"s3://some-bucket/ds/.*access denied by http://127.0.0.1:\d+; "
+                               r"check AWS_ACCESS_KEY_ID .*InvalidAccessKeyId"):
+                call()
+    finally:
+        strict.stop()
 
 
 def test_long_reads_are_cut_into_parallel_spans(s3_bucket, monkeypatch):
@@ -163,3 +172,10 @@ def test_conditional_write_check_refuses_a_store_that_overwrites(tmp_path):
 
     with pytest.raises(StorageError, match="does not honour conditional writes"):
         check_conditional_writes(Overwriting(str(tmp_path)))
+
+
+def test_bad_storage_options_name_the_key():
+    with pytest.raises(UserInputError, match="storage_options for s3://b/p: .*'bogus_key' is not valid"):
+        open_location("s3://b/p", {"bogus_key": 1})
+    with pytest.raises(UserInputError, match="max_retries and retry_timeout must be numbers"):
+        open_location("s3://b/p", {"max_retries": "many"})
