@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -207,8 +208,11 @@ class LocalBackend:
         os.replace(tmp, self._full(path))
 
     def put_file(self, path: str, local_path: str) -> None:
-        with open(local_path, "rb") as f:
-            self.put(path, f.read())
+        full = self._full(path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(full), f".tmp-{uuid.uuid4().hex}")
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, full)
 
     def put_if_absent(self, path: str, data: bytes, *, sync: bool = False,
                       before_publish: Callable[[], None] | None = None) -> bool:
