@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -48,16 +49,19 @@ class ChunkCache:
         self._stats: OrderedDict[tuple[str, str], ObjectInfo] = OrderedDict()
         self._added = 0
         self._used = self._scan_total()
+        self._lock = threading.Lock()  # reads of several files run in parallel threads
 
     # -- reading ---------------------------------------------------------------
     def stat(self, backend: Backend, path: str) -> ObjectInfo:
         key = (backend.uri, path)
-        info = self._stats.get(key)
+        with self._lock:
+            info = self._stats.get(key)
         if info is None:
             info = backend.stat(path)
-            self._stats[key] = info
-            if len(self._stats) > _STAT_MEMO:
-                self._stats.popitem(last=False)
+            with self._lock:
+                self._stats[key] = info
+                if len(self._stats) > _STAT_MEMO:
+                    self._stats.popitem(last=False)
         return info
 
     def read_range(self, backend: Backend, path: str, start: int, length: int) -> bytes:
@@ -134,9 +138,13 @@ class ChunkCache:
             os.replace(tmp, path)
         except FileNotFoundError:
             return  # removed by another process's eviction: the bytes are served, just not kept
-        self._used += len(data)
-        self._added += len(data)
-        if self._used > self.cache_size or self._added > self.cache_size // 8:
+        with self._lock:
+            self._used += len(data)
+            self._added += len(data)
+            full = self._used > self.cache_size or self._added > self.cache_size // 8
+            if full:
+                self._added = 0  # one thread evicts; the others go on
+        if full:
             self.evict()
 
     def _entries(self) -> list[tuple[float, int, str]]:
@@ -172,5 +180,5 @@ class ChunkCache:
             except FileNotFoundError:
                 pass  # another process evicted it first
             total -= size
-        self._used = total
-        self._added = 0
+        with self._lock:
+            self._used = total

@@ -58,7 +58,7 @@ def copy_dataset(src: str, dst: str, src_options: dict[str, Any] | None = None,
             moved[1] += size
 
     def all_of(rels: list[str]) -> None:
-        for f in [pool().submit(one, r) for r in rels]:
+        for f in [pool("files").submit(one, r) for r in rels]:
             f.result()
 
     all_of(first)

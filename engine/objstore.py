@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -346,6 +347,7 @@ class S3Backend:
     def _errors(self, op: str, path: str):
         """Turn obstore's exceptions into FileNotFoundError (missing object) or StorageError."""
 
+        _check_not_forked(self.uri)
         try:
             yield
         except (ox.AlreadyExistsError, ox.PreconditionError):
@@ -500,6 +502,28 @@ class S3Backend:
                 obstore.delete(self.store, paths[i:i + 1000])
 
 
+_USED_IN: int | None = None  # the pid that started obstore's runtime (its first request)
+
+
+def _check_not_forked(uri: str) -> None:
+    """Fail fast, not hang, in a child forked after obstore ran in its parent.
+
+    obstore drives its requests on a process-wide tokio runtime whose threads do not
+    survive ``fork``: a forked child's first request would wait forever. Workers must be
+    started with "spawn" or "forkserver" (or fork before the parent touches a bucket).
+    """
+    global _USED_IN
+    pid = os.getpid()
+    if _USED_IN is None:
+        _USED_IN = pid
+    elif _USED_IN != pid:
+        raise StorageError(
+            f"{uri}: this process was forked from one that had already used object storage, and "
+            "obstore's I/O threads do not survive fork; start workers with the 'spawn' or "
+            "'forkserver' method (multiprocessing.get_context('spawn'), "
+            "DataLoader(multiprocessing_context='spawn'))")
+
+
 def _first_line(e: BaseException) -> str:
     """obstore's message without its debug dump; the S3 error code and message if any."""
     text = str(e).split("\n\nDebug source:")[0]
@@ -511,12 +535,28 @@ def _first_line(e: BaseException) -> str:
     return head
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[str, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
-def pool() -> ThreadPoolExecutor:
-    """Threads for fetching many objects at once (obstore releases the GIL while waiting)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="spacefs-io")
-    return _POOL
+def _after_fork() -> None:
+    # A forked child inherits the executors but not their threads (nor a held lock).
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def pool(kind: str = "requests") -> ThreadPoolExecutor:
+    """Threads for many requests at once (obstore releases the GIL while it waits).
+
+    ``"requests"`` runs single requests and must never wait on its own tasks; work that
+    fans out again (a file whose ranges are split into spans) runs in ``"files"``, so no
+    task ever waits for a slot its own pool cannot free.
+    """
+    with _POOLS_LOCK:
+        if kind not in _POOLS:
+            _POOLS[kind] = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"spacefs-{kind}")
+        return _POOLS[kind]

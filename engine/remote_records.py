@@ -16,7 +16,7 @@ import numpy as np
 
 from .chunkcache import ChunkCache
 from .errors import UserInputError
-from .objstore import Backend
+from .objstore import Backend, pool
 from .records import _phys_end_vec, _strip_headers
 
 
@@ -36,4 +36,28 @@ def read_records(backend: Backend, path: str, offsets: Sequence[int] | np.ndarra
     for buf, o, s in zip(bufs, off, size, strict=True):
         s = int(s)
         out.append(buf if len(buf) == s else _strip_headers(buf, int(o), s, int(o)))
+    return out
+
+
+def read_refs(backend: Backend, refs: Sequence[dict], cache: ChunkCache | None = None) -> list[bytes]:
+    """The records of index references (``{file, offset, size, ...}``), in their order.
+
+    References are grouped by record file; the files are read in parallel, each with one
+    ``read_records`` (so one batched fetch per file, or none when cached).
+    """
+    by_file: dict[str, list[int]] = {}
+    for k, ref in enumerate(refs):
+        by_file.setdefault(ref["file"], []).append(k)
+    out: list[bytes] = [b""] * len(refs)
+
+    def one(path: str, ks: list[int]) -> None:
+        got = read_records(backend, path, [refs[k]["offset"] for k in ks], [refs[k]["size"] for k in ks], cache)
+        for k, v in zip(ks, got, strict=True):
+            out[k] = v
+
+    if len(by_file) == 1:
+        one(*next(iter(by_file.items())))
+    else:
+        for f in [pool("files").submit(one, p, ks) for p, ks in by_file.items()]:
+            f.result()
     return out

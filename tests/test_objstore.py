@@ -179,3 +179,30 @@ def test_bad_storage_options_name_the_key():
         open_location("s3://b/p", {"bogus_key": 1})
     with pytest.raises(UserInputError, match="max_retries and retry_timeout must be numbers"):
         open_location("s3://b/p", {"max_retries": "many"})
+
+
+def test_a_forked_child_fails_fast_instead_of_hanging(s3_bucket):
+    """obstore's runtime threads do not survive fork: a forked child must get a clear error
+    (its first request would otherwise wait forever); spawned workers are fine."""
+    b = open_location(s3_bucket)
+    b.put("obj", b"x" * 1000)
+    assert b.read("obj") == b"x" * 1000  # this process has used obstore now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 2
+        try:
+            open_location(s3_bucket).read("obj")
+        except StorageError as e:
+            os.write(w, str(e).encode())
+            code = 0
+        except BaseException as e:
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(r) as f:
+        message = f.read()
+    assert os.waitstatus_to_exitcode(status) == 0, message
+    assert "forked from one that had already used object storage" in message and "'spawn'" in message

@@ -16,7 +16,7 @@ from spacefs.engine.log import MetadataLog
 from spacefs.engine.objcopy import copy_dataset
 from spacefs.engine.objlog import ObjectLog
 from spacefs.engine.objstore import open_location
-from spacefs.engine.remote_records import read_records
+from spacefs.engine.remote_records import read_refs
 
 from conftest import SCHEMA, rows
 
@@ -56,15 +56,7 @@ def test_dataset_in_a_bucket_reads_by_range_and_copies_back(local_ds, s3_bucket,
     for full in local_ds.index_files():
         rel = os.path.relpath(full, local_ds.location).replace(os.sep, "/")
         index = pq.read_table(io.BytesIO(b.read(rel)))
-        refs = index.column("feature").to_pylist()
-        by_file: dict[str, list[int]] = {}
-        for k, ref in enumerate(refs):
-            by_file.setdefault(ref["file"], []).append(k)
-        values: list[bytes | None] = [None] * len(refs)
-        for f, ks in by_file.items():
-            got = read_records(b, f, [refs[k]["offset"] for k in ks], [refs[k]["size"] for k in ks], cache)
-            for k, v in zip(ks, got, strict=True):
-                values[k] = v
+        values = read_refs(b, index.column("feature").to_pylist(), cache)
         got_ids += index.column("id").to_pylist()
         got_features += values
     order = sorted(range(len(got_ids)), key=got_ids.__getitem__)
