@@ -78,29 +78,39 @@ class ChunkCache:
                     f"range [{start}, {start + length}) lies outside {backend.uri}/{path} ({info.size} bytes)")
         wanted = sorted({c for s, n in ranges if n for c in range(s // cs, (s + n - 1) // cs + 1)})
         base = self._base(backend, path, info)
-        chunks: dict[int, bytes] = {}
-        missing = []
-        for c in wanted:
-            data = self._load(base, c, self._chunk_len(info, c))
-            if data is None:
-                missing.append(c)
-            else:
-                chunks[c] = data
-        if missing:
-            got = backend.read_ranges(path, [(c * cs, self._chunk_len(info, c)) for c in missing])
-            for c, data in zip(missing, got, strict=True):
-                chunks[c] = data
-                self._store(base, c, data)
-        out = []
-        for start, length in ranges:
-            if length == 0:
-                out.append(b"")
-                continue
-            first, last = start // cs, (start + length - 1) // cs
-            joined = b"".join(chunks[c] for c in range(first, last + 1)) if last > first else chunks[first]
-            off = start - first * cs
-            out.append(bytes(joined[off:off + length]))
-        return out
+        fds: dict[int, int] = {}  # cached chunks: read only the bytes asked for
+        fetched: dict[int, bytes] = {}
+        try:
+            missing = []
+            for c in wanted:
+                fd = self._open(base, c, self._chunk_len(info, c))
+                if fd is None:
+                    missing.append(c)
+                else:
+                    fds[c] = fd
+            if missing:
+                got = backend.read_ranges(path, [(c * cs, self._chunk_len(info, c)) for c in missing])
+                for c, data in zip(missing, got, strict=True):
+                    fetched[c] = data
+                    self._store(base, c, data)
+            out = []
+            for start, length in ranges:
+                parts = []
+                end = start + length
+                pos = start
+                while pos < end:
+                    c, within = divmod(pos, cs)
+                    take = min(end - pos, cs - within)
+                    if c in fetched:
+                        parts.append(fetched[c][within:within + take])
+                    else:
+                        parts.append(os.pread(fds[c], take, within))
+                    pos += take
+                out.append(parts[0] if len(parts) == 1 else b"".join(parts))
+            return out
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     def _chunk_len(self, info: ObjectInfo, c: int) -> int:
         return min(self.chunk_size, info.size - c * self.chunk_size)
@@ -112,20 +122,17 @@ class ChunkCache:
     def _file(self, base: str, c: int) -> str:
         return os.path.join(self.dir, base[:2], f"{base}-{c}")
 
-    def _load(self, base: str, c: int, expect: int) -> bytes | None:
-        path = self._file(base, c)
+    def _open(self, base: str, c: int, expect: int) -> int | None:
+        """An open descriptor of a cached chunk, or None if it is not (wholly) cached."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            fd = os.open(self._file(base, c), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        if len(data) != expect:
+        if os.fstat(fd).st_size != expect:
+            os.close(fd)
             return None  # not ours (a hash clash or a hand-edited cache): fetch again
-        try:
-            os.utime(path)  # recently used: the last to be evicted
-        except FileNotFoundError:
-            pass  # evicted by another process meanwhile; we have the bytes
-        return data
+        os.utime(fd)  # recently used: the last to be evicted (an unlinked file takes it too)
+        return fd
 
     # -- writing and eviction ------------------------------------------------------
     def _store(self, base: str, c: int, data: bytes) -> None:
