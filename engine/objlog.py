@@ -12,10 +12,14 @@ the two primitives every backend has (engine/objstore.py):
   never a wrong answer; a hint ahead of the log (tampered) is walked back.
 
 One case a directory never has: the library retries a PUT whose answer was lost, and the
-retry is refused (412) by the object our first attempt created. ``try_publish`` therefore
-reads the entry back when refused: if the stored bytes are ours, the commit landed. (Two
-writers cannot build equal bytes by chance: an entry holds its time and, for a snapshot, the
-fresh names of the manifests it wrote.)
+retry is refused (412) by the object our first attempt created. ``S3Backend.put_if_absent``
+therefore reads the object back when refused: if it holds our bytes, the create was ours.
+(Two writers cannot build equal bytes by chance: an entry holds its time and, for a
+snapshot, the fresh names of the manifests it wrote.)
+
+This is engine/log.py's protocol with one change that matters on a bucket: the head is
+found by one LIST from the hint, not a HEAD per entry past it. On a backend of the seam in
+engine/backend.py (``S3Backend`` is one), ``MetadataLog`` itself is correct on S3 too.
 
 ``snapshots/<id>.json`` is a copy of the entry that made the snapshot (a hard link on disk;
 the bytes are the same, so a dataset copied object for object stays valid), written with
