@@ -310,7 +310,6 @@ class S3Backend:
     """``s3://bucket/prefix`` on AWS S3 or any S3-compatible store, through obstore."""
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
-
         parsed = urlparse(uri)
         if not parsed.netloc:
             raise UserInputError(f"{uri!r} names no bucket: use s3://bucket/prefix")
