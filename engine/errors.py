@@ -43,3 +43,7 @@ class CommitConflictError(SpaceError):
 
 class CorruptionError(SpaceError):
     """Stored metadata or data does not read back as written."""
+
+
+class StorageError(SpaceError):
+    """The storage behind a location failed: missing bucket, refused credentials, unreachable endpoint."""

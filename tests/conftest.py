@@ -55,3 +55,25 @@ def run_in_pty(argv: list[str], timeout: float = 60, size: tuple[int, int] = (24
         return p.wait(timeout=timeout), out.decode(errors="replace")
     finally:
         os.close(master)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 server on 127.0.0.1, started once per run; checked to refuse a second create."""
+    from s3_util import MotoServer
+
+    server = MotoServer()
+    server.start()
+    try:
+        server.check_conditional_writes()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server, monkeypatch) -> str:
+    """A fresh bucket per test, with the standard AWS variables pointing at the server."""
+    for key, value in moto_server.env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{moto_server.create_bucket()}"
