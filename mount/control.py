@@ -265,7 +265,7 @@ class ControlServer:
             victim.evicted = True
             victim.scope.cancel()
             self._conns.remove(victim)
-        conn = _Conn(peer, privileged)
+        conn = _Conn(peer, privileged, idle_since=trio.current_time())  # nothing received yet: idle
         self._conns.append(conn)
         return conn
 
@@ -287,7 +287,7 @@ class ControlServer:
             log.info("control connection from uid %d closed: %s", conn.peer.uid, e)
             await self._send_error(stream, e)
             await self._linger(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):  # OSError: the peer reset
             return
 
     async def _linger(self, stream: trio.SocketStream) -> None:
