@@ -44,6 +44,8 @@ from .access import Grants, Peer, Policy, check_view_trusted, peer_of
 
 log = logging.getLogger("spacefs.mount.control")
 
+MAX_LINGERING = 32  # connections closing after an error reply, at once
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -180,6 +182,7 @@ class ControlServer:
         self.sql_limiter = trio.CapacityLimiter(self.limits.sql_threads)
         self._budget: _Budget | None = None  # made inside trio.run
         self._conns: list[_Conn] = []
+        self._lingering = 0
 
     @property
     def shared(self) -> bool:
@@ -292,9 +295,14 @@ class ControlServer:
 
     async def _linger(self, stream: trio.SocketStream) -> None:
         """Close after an error reply without losing it: closing with unread input would
-        reset the connection and drop the reply, so discard input briefly first."""
-        with trio.move_on_after(1.0):
-            try:
+        reset the connection and drop the reply, so discard input briefly first. Refused
+        connections linger too and hold no slot, so how many may linger is bounded: past
+        that, a flood of connections gets closed at once (its replies may be lost)."""
+        if self._lingering >= MAX_LINGERING:
+            return
+        self._lingering += 1
+        try:
+            with trio.move_on_after(1.0):
                 await stream.send_eof()
                 seen = 0
                 while seen < (16 << 20):
@@ -302,8 +310,10 @@ class ControlServer:
                     if not chunk:
                         break
                     seen += len(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._lingering -= 1
 
     async def _send(self, stream: trio.SocketStream, header: dict[str, Any], payload: Any = b"") -> None:
         """Send a reply; the payload goes out as it is (no copy into one frame buffer)."""

@@ -141,6 +141,42 @@ def test_other_users_read_but_only_the_owner_writes(users, shared_root):
             cl.add_tag("pets", "owner")
 
 
+FLOOD = """
+import select, socket, time
+#DROP
+path = spacefs.mount.paths.socket_path(sys.argv[1], 0)
+socks = []
+for _ in range(80):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(b"SPFS")  # a frame started, never finished: not idle, cannot be evicted
+    socks.append(s)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    refused = len(select.select(socks, [], [], 0.1)[0])
+    if refused >= 80 - 56:
+        break
+print(refused, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_other_users_cannot_take_the_owners_slots(users, shared_root):
+    c, ds = make_catalog(shared_root)
+    mnt = os.path.join(shared_root, "mnt")
+    with mounted(c.location, mnt, allow_other=True):
+        imports = "import sys, json, os\nimport spacefs.mount.paths\n"
+        flood = subprocess.Popen([PYTHON, "-c", imports + FLOOD.replace("#DROP\n", drop(users[READER])), mnt],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+        try:
+            refused = int(flood.stdout.readline())
+            assert refused == 80 - 56, "other users get 64 - 8 slots"
+            with spacefs.connect(mnt, timeout=5) as cl:  # one of the 8 slots kept for the owner
+                assert cl.datasets() == ["pets"]
+        finally:
+            flood.communicate("", timeout=30)
+
+
 def test_writes_granted_to_a_user_or_a_group(users, shared_root):
     c, ds = catalog_with_view(shared_root)
     mnt = os.path.join(shared_root, "mnt")
