@@ -55,6 +55,7 @@ class Client:
     def __init__(self, mountpoint: str, timeout: float | None = 300.0):
         self.mountpoint = os.path.abspath(str(mountpoint))
         self.timeout = timeout
+        self._closing = False  # the daemon's last reply said it closes this connection
         self._connect()
 
     def _connect(self) -> None:
@@ -85,14 +86,20 @@ class Client:
     def call(self, op: str, payload: bytes = b"", **args: Any) -> tuple[Any, bytes]:
         """Send one request; return (result, payload) or raise the daemon's error."""
         args = {k: v for k, v in args.items() if v is not None}
-        if self._closed_by_daemon():
+        if self._closing or self._closed_by_daemon():
             self._sock.close()
+            self._closing = False
             self._connect()
+        sent: OSError | None = None
         try:
             self._sock.sendall(proto.encode({"op": op, "args": args}, payload))
+        except OSError as e:  # the daemon may have refused the request before reading all of it
+            sent = e
+        try:
             frame = proto.recv_frame(self._sock)
-        except OSError as e:
-            raise proto.ProtocolError(f"control socket {self.path}: {e}") from None
+        except (OSError, proto.ProtocolError) as e:
+            raise proto.ProtocolError(f"control socket {self.path}: {sent or e}") from None
+        self._closing = bool(frame.header.get("closing"))
         if not frame.header.get("ok"):
             proto.raise_error(frame.header.get("error") or {})
         return frame.header.get("result"), frame.payload

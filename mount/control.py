@@ -54,7 +54,7 @@ class Limits:
     max_header: int = proto.MAX_HEADER
     max_payload: int = proto.MAX_PAYLOAD  # one request's payload (appended rows)
     max_result: int = 256 << 20  # one reply's payload (an SQL result)
-    memory_budget: int = 1 << 30  # frames being received and results being sent, all connections
+    memory_budget: int = 768 << 20  # frames being received and results being sent, all connections
     max_clients: int = 64
     reserved: int = 8  # of max_clients, only for the owner and root
     stall_timeout: float = 10.0  # a started frame (or a reply) making no progress this long
@@ -280,11 +280,10 @@ class ControlServer:
                     return
                 try:
                     header, payload = await self._dispatch(frame, conn.peer)
-                    with trio.fail_after(max(self.limits.frame_timeout, 1.0)):
-                        await self._send(stream, header, payload)
+                    await self._send(stream, header, payload)
                 finally:
                     self.budget.release(frame.reserved)
-        except (proto.ProtocolError, trio.TooSlowError) as e:
+        except (proto.ProtocolError, proto.AccessDeniedError, trio.TooSlowError) as e:
             if isinstance(e, trio.TooSlowError):
                 e = proto.ProtocolError("the frame did not arrive in time (or the reply was not read); closing")
             log.info("control connection from uid %d closed: %s", conn.peer.uid, e)
@@ -319,14 +318,18 @@ class ControlServer:
         """Send a reply; the payload goes out as it is (no copy into one frame buffer)."""
         head = proto.encode(header)[proto.PREFIX.size:]
         size = memoryview(payload).nbytes if payload is not None else 0
-        await stream.send_all(proto.PREFIX.pack(proto.MAGIC, proto.VERSION, len(head), size) + head)
-        if size:
-            await stream.send_all(memoryview(payload).cast("B"))
+        with trio.fail_after(self.limits.stall_timeout):
+            await stream.send_all(proto.PREFIX.pack(proto.MAGIC, proto.VERSION, len(head), size) + head)
+        view = memoryview(payload).cast("B") if size else memoryview(b"")
+        for off in range(0, size, 1 << 20):  # a reader that stops reading is dropped, not waited for
+            with trio.fail_after(self.limits.stall_timeout):
+                await stream.send_all(view[off : off + (1 << 20)])
 
     async def _send_error(self, stream: trio.SocketStream, exc: BaseException) -> None:
+        """The last reply of a connection: ``closing`` tells the client to reconnect."""
         with trio.move_on_after(self.limits.stall_timeout):
             try:
-                await stream.send_all(proto.encode(proto.error_header(exc)))
+                await stream.send_all(proto.encode({**proto.error_header(exc), "closing": True}))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
@@ -341,7 +344,14 @@ class ControlServer:
                 raise proto.ProtocolError("the client closed the connection mid-frame")
             off += n
 
+    async def _reserve(self, n: int) -> None:
+        if not await self.budget.acquire(n, self.limits.stall_timeout):
+            raise Busy(f"the daemon cannot take a {n}-byte request now (memory budget "
+                       f"{self.limits.memory_budget} bytes, {self.budget.used} in use); retry later")
+
     async def _read_frame(self, stream: trio.SocketStream, conn: _Conn) -> _Frame | None:
+        """Read one frame. The header is read and checked before the payload: only write
+        operations carry one, so a peer that may not write never gets a payload buffered."""
         prefix, n = bytearray(proto.PREFIX.size), 0
         conn.idle_since = trio.current_time()
         with trio.move_on_after(self.limits.idle_timeout):
@@ -349,28 +359,37 @@ class ControlServer:
         conn.idle_since = None
         if not n:
             return None  # closed, or idle too long
-        with trio.fail_after(self.limits.frame_timeout):
-            await self._fill(stream, memoryview(prefix)[n:])
-            hlen, plen = proto.parse_prefix(bytes(prefix), self.limits.max_payload, self.limits.max_header)
-            if not await self.budget.acquire(hlen + plen, self.limits.stall_timeout):
-                raise Busy(f"the daemon cannot take a {hlen + plen}-byte request now (memory budget "
-                           f"{self.limits.memory_budget} bytes, {self.budget.used} in use); retry later")
-            try:
+        reserved = 0
+        try:
+            with trio.fail_after(self.limits.frame_timeout):
+                await self._fill(stream, memoryview(prefix)[n:])
+                hlen, plen = proto.parse_prefix(bytes(prefix), self.limits.max_payload, self.limits.max_header)
+                await self._reserve(hlen)
+                reserved = hlen
                 head = bytearray(hlen)
                 await self._fill(stream, head)
-                # np.empty maps fresh pages only as bytes arrive: memory follows what was sent,
-                # not what the prefix declared.
-                payload = np.empty(plen, np.uint8) if plen else b""
+                try:
+                    header, error = proto.parse_header(bytes(head)), None
+                except proto.ProtocolError as e:
+                    header, error = {}, str(e)
+                del head
+                payload: Any = b""
                 if plen:
+                    spec = OPS.get(header.get("op")) if isinstance(header.get("op"), str) else None
+                    if spec is None or not spec.write:
+                        raise proto.ProtocolError("only write operations carry a payload"
+                                                  + (f" ({error})" if error else ""))
+                    self.policy.check_write(conn.peer, header["op"])
+                    await self._reserve(plen)
+                    reserved += plen
+                    # np.empty maps fresh pages only as bytes arrive: memory follows what was
+                    # sent, not what the prefix declared.
+                    payload = np.empty(plen, np.uint8)
                     await self._fill(stream, payload)
-            except BaseException:
-                self.budget.release(hlen + plen)
-                raise
-        try:
-            header = proto.parse_header(bytes(head))
-        except proto.ProtocolError as e:  # the frame was whole: answer, keep the connection
-            return _Frame({}, b"", hlen + plen, str(e))
-        return _Frame(header, payload, hlen + plen)
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        return _Frame(header, payload, reserved, error)
 
     async def _dispatch(self, frame: _Frame, peer: Peer) -> tuple[dict[str, Any], Any]:
         name = frame.header.get("op")
@@ -392,6 +411,10 @@ class ControlServer:
                     raise Busy("the daemon is short of memory for results now; retry later")
                 reserved = self.limits.max_result
             result, payload = await spec.fn(self, Request(peer, args, frame.payload))
+            if reserved:  # keep only what the reply holds until it is sent
+                size = memoryview(payload).nbytes
+                self.budget.release(reserved - min(size, reserved))
+                reserved = min(size, reserved)
         except (errors.SpaceError, PermissionError) as e:
             self.budget.release(reserved)
             return proto.error_header(e), b""

@@ -109,6 +109,16 @@ def test_deeply_nested_header_gets_an_error_and_the_daemon_lives(live):
     assert not escaped, "\n".join(escaped)
 
 
+def test_payloads_only_for_write_operations(live):
+    c, ds, mnt, info = live
+    with raw(mnt) as s:  # declared, never sent: refused from the header alone
+        s.sendall(prefix(len(b'{"op":"sql","args":{"query":"SELECT 1"}}'), 60 * MiB)
+                  + b'{"op":"sql","args":{"query":"SELECT 1"}}')
+        r = reply(s)
+        assert r is not None and "only write operations carry a payload" in r["error"]["message"], r
+    assert_serving(info, mnt)
+
+
 def _send_partial(mnt: str, declared: int, sent: int, out: list) -> None:
     head = b'{"op":"append","args":{"name":"pets"}}'
     s = raw(mnt, timeout=4)
