@@ -68,7 +68,11 @@ def start(source: str, mountpoint: str, *, allow_other: bool = False, allow_writ
     check_mountpoint(mountpoint)
     Grants.parse(allow_writes_from)  # a bad name fails here, not in the daemon's log
     paths.prepare_mount_dir(mountpoint, shared=allow_other or bool(allow_writes_from))
-    log = os.path.abspath(log or paths.default_log_path(mountpoint))
+    if log:  # a log the user named: its directory is theirs to choose
+        log = os.path.abspath(log)
+        os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+    else:
+        log = paths.default_log_path(mountpoint)
     cmd = [sys.executable, "-m", "spacefs.mount.daemon", source, mountpoint, "--log", log]
     if allow_other:
         cmd.append("--allow-other")
