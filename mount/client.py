@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 from typing import Any
@@ -43,10 +44,21 @@ def _job(doc: dict[str, Any]) -> JobResult:
 
 
 class Client:
-    """One connection to a mount's daemon; requests are answered one at a time."""
+    """One connection to a mount's daemon; requests are answered one at a time.
+
+    The socket is found from the mountpoint alone (its path and the uid that owns the
+    mount, see ``paths``), so other users' clients find it too where the mount lets them
+    in. The daemon closes connections that stay idle when it runs short of slots; the
+    client then reconnects before its next request (never in the middle of one).
+    """
 
     def __init__(self, mountpoint: str, timeout: float | None = 300.0):
         self.mountpoint = os.path.abspath(str(mountpoint))
+        self.timeout = timeout
+        self._closing = False  # the daemon's last reply said it closes this connection
+        self._connect()
+
+    def _connect(self) -> None:
         try:
             owner = os.stat(self.mountpoint).st_uid
         except OSError as e:
@@ -56,7 +68,7 @@ class Client:
             raise NotFoundError(f"{self.mountpoint}: {e.strerror}") from None
         self.path = paths.socket_path(self.mountpoint, owner)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
+        self._sock.settimeout(self.timeout)
         try:
             self._sock.connect(self.path)
         except OSError as e:
@@ -74,14 +86,33 @@ class Client:
     def call(self, op: str, payload: bytes = b"", **args: Any) -> tuple[Any, bytes]:
         """Send one request; return (result, payload) or raise the daemon's error."""
         args = {k: v for k, v in args.items() if v is not None}
+        if self._closing or self._closed_by_daemon():
+            self._sock.close()
+            self._closing = False
+            self._connect()
+        sent: OSError | None = None
         try:
             self._sock.sendall(proto.encode({"op": op, "args": args}, payload))
+        except OSError as e:  # the daemon may have refused the request before reading all of it
+            sent = e
+        try:
             frame = proto.recv_frame(self._sock)
-        except OSError as e:
-            raise proto.ProtocolError(f"control socket {self.path}: {e}") from None
+        except (OSError, proto.ProtocolError) as e:
+            raise proto.ProtocolError(f"control socket {self.path}: {sent or e}") from None
+        self._closing = bool(frame.header.get("closing"))
         if not frame.header.get("ok"):
             proto.raise_error(frame.header.get("error") or {})
         return frame.header.get("result"), frame.payload
+
+    def _closed_by_daemon(self) -> bool:
+        """Whether the daemon closed this (idle) connection: nothing is ever pending
+        between requests, so readable means closed."""
+        try:
+            if not select.select([self._sock], [], [], 0)[0]:
+                return False
+            return self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def close(self) -> None:
         """Close the connection (also done on leaving a ``with`` block)."""

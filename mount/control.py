@@ -1,24 +1,35 @@
 """The control socket: writes, refs, refresh and SQL for the datasets of a mount.
 
-A Unix socket beside the mount (``paths.socket_path``). Only the mounting user and root
-may talk to it (checked with ``SO_PEERCRED`` on every connection) unless the mount was
-made with ``--allow-other``. Requests are frames (``protocol.py``); each one names an
-operation of the ``OPS`` table, whose handler checks its arguments and runs the engine
-call in a worker thread. Anything malformed gets an error reply (or, when the frame
-boundaries are lost, a closed connection); the daemon keeps serving and no partial
-request ever reaches the engine.
+A Unix socket beside the mount (``paths.socket_path``). Requests are frames
+(``protocol.py``); each names an operation of the ``OPS`` table, whose handler checks its
+arguments and runs the engine call in a worker thread. Who may connect and who may write
+is decided per connection and per request from the kernel's peer credentials
+(``access.py``, SECURITY.md).
+
+Nothing a peer sends can stop the daemon or exhaust its memory:
+
+- every frame is bounded before it is read: header and payload sizes by ``Limits``, the
+  header's JSON nesting by a scan before parsing; a frame's declared size is taken from a
+  daemon-wide memory budget before its bytes are buffered (and buffers are filled in
+  place, so memory follows the bytes that actually arrived);
+- a started frame that stalls (``stall_timeout``) or takes too long (``frame_timeout``)
+  closes its connection; idle connections are closed when the slots run out, and the
+  last ``reserved`` slots are kept for the owner and root;
+- SQL results are encoded batch by batch and refused as soon as they pass ``max_result``;
+- any exception is caught per request and per connection, logged and answered; none
+  reaches the nursery that also runs the FUSE file system.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
-import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import trio
 
@@ -29,23 +40,115 @@ from spacefs.engine.storage import Storage
 from spacefs.engine.types import JobResult
 
 from . import protocol as proto
+from .access import Grants, Peer, Policy, check_view_trusted, peer_of
 
 log = logging.getLogger("spacefs.mount.control")
 
-FRAME_TIMEOUT = 60.0  # a started frame must arrive whole within this
-IDLE_TIMEOUT = 600.0
-MAX_CLIENTS = 64
-
-Handler = Callable[["ControlServer", dict[str, Any], bytes], Awaitable[tuple[Any, bytes]]]
-OPS: dict[str, Handler] = {}
+MAX_LINGERING = 32  # connections closing after an error reply, at once
 
 
-def op(name: str) -> Callable[[Handler], Handler]:
+@dataclass(frozen=True)
+class Limits:
+    """The bounds of the control server (``--limit NAME=VALUE`` on the daemon)."""
+
+    max_header: int = proto.MAX_HEADER
+    max_payload: int = proto.MAX_PAYLOAD  # one request's payload (appended rows)
+    max_result: int = 256 << 20  # one reply's payload (an SQL result)
+    memory_budget: int = 768 << 20  # frames being received and results being sent, all connections
+    max_clients: int = 64
+    reserved: int = 8  # of max_clients, only for the owner and root
+    stall_timeout: float = 10.0  # a started frame (or a reply) making no progress this long
+    frame_timeout: float = 120.0  # a whole frame
+    idle_timeout: float = 600.0  # between frames
+    sql_threads: int = 2
+
+    @classmethod
+    def parse(cls, items: list[str]) -> Limits:
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for item in items:
+            name, _, value = item.partition("=")
+            if name not in types or not value:
+                raise errors.UserInputError(f"--limit {item!r}: expected NAME=VALUE, NAME one of {sorted(types)}")
+            try:
+                values[name] = float(value) if types[name] == "float" else int(value)
+            except ValueError:
+                raise errors.UserInputError(f"--limit {item!r}: {value!r} is not a number") from None
+        return cls(**values)
+
+
+class _Budget:
+    """Bytes the server may hold for requests and replies at once, over all connections."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self._freed = trio.Event()
+
+    async def acquire(self, n: int, timeout: float) -> bool:
+        if n > self.total:
+            return False
+        with trio.move_on_after(timeout):
+            while self.used + n > self.total:
+                await self._freed.wait()
+            self.used += n
+            return True
+        return False
+
+    def release(self, n: int) -> None:
+        if n:
+            self.used -= n
+            self._freed.set()
+            self._freed = trio.Event()
+
+
+class Busy(proto.ProtocolError):
+    """The server cannot take this frame now (memory budget or connection slots)."""
+
+
+@dataclass(eq=False)
+class _Conn:
+    peer: Peer
+    privileged: bool
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    idle_since: float | None = None  # waiting for a frame since; None while receiving or working
+    evicted: bool = False
+
+
+Handler = Callable[["ControlServer", "Request"], Awaitable[tuple[Any, Any]]]
+
+
+@dataclass(frozen=True)
+class Op:
+    fn: Handler
+    write: bool  # changes data or refs, or runs stored code: needs write access
+    reply_budget: bool = False  # builds a large reply: reserves max_result of the budget first
+
+
+OPS: dict[str, Op] = {}
+
+
+def op(name: str, *, write: bool, reply_budget: bool = False) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        OPS[name] = fn
+        OPS[name] = Op(fn, write, reply_budget)
         return fn
 
     return register
+
+
+@dataclass
+class _Frame:
+    header: dict[str, Any]
+    payload: Any
+    reserved: int  # bytes of the budget this request holds until its reply is sent
+    error: str | None = None  # a whole frame whose header did not parse
+
+
+@dataclass
+class Request:
+    peer: Peer
+    args: dict[str, Any]
+    payload: Any  # a buffer (numpy uint8 array) or b""
 
 
 def _arg(args: dict[str, Any], name: str, typ: type | tuple[type, ...], required: bool = True) -> Any:
@@ -66,27 +169,37 @@ def _job(r: JobResult) -> dict[str, Any]:
 class ControlServer:
     """Serves control requests for the datasets under ``source`` (a catalog or one dataset)."""
 
-    def __init__(self, source: str, *, allow_other: bool = False, on_commit: Callable[[], None] | None = None,
-                 max_payload: int = proto.MAX_PAYLOAD, threads: int = 4):
+    def __init__(self, source: str, *, allow_other: bool = False, writers: Grants | None = None,
+                 trust_views: bool = False, on_commit: Callable[[], None] | None = None,
+                 limits: Limits | None = None, threads: int = 4):
         self.source = os.path.abspath(source)
         self.catalog = not os.path.isfile(os.path.join(self.source, "metadata", "dataset.json"))
-        self.allow_other = allow_other
-        self.on_commit = on_commit or (lambda: None)
-        self.max_payload = max_payload
-        self.limiter = trio.CapacityLimiter(threads)
         self.owner = os.geteuid()
-        self._clients = trio.Semaphore(MAX_CLIENTS)
+        self.policy = Policy(self.owner, allow_other, writers or Grants(), trust_views)
+        self.on_commit = on_commit or (lambda: None)
+        self.limits = limits or Limits()
+        self.limiter = trio.CapacityLimiter(threads)
+        self.sql_limiter = trio.CapacityLimiter(self.limits.sql_threads)
+        self._budget: _Budget | None = None  # made inside trio.run
+        self._conns: list[_Conn] = []
+        self._lingering = 0
+
+    @property
+    def shared(self) -> bool:
+        """Whether users other than the owner and root may reach the socket at all."""
+        return self.policy.allow_other or bool(self.policy.writers)
+
+    @property
+    def budget(self) -> _Budget:
+        if self._budget is None:
+            self._budget = _Budget(self.limits.memory_budget)
+        return self._budget
 
     # -- socket ------------------------------------------------------------------
     def bind(self, path: str) -> socket.socket:
-        """Create the listening socket (synchronously, so errors surface before mounting)."""
-        d = os.path.dirname(path)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        st = os.stat(d)
-        if st.st_uid != self.owner:
-            raise errors.UserInputError(f"{d} belongs to uid {st.st_uid}, not to this user; refusing to use it")
-        os.chmod(d, 0o711 if self.allow_other else 0o700)
-        if os.path.exists(path):
+        """Create the listening socket in its (already checked) per-mount directory,
+        synchronously, so errors surface before mounting."""
+        if os.path.lexists(path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(path)
@@ -97,12 +210,13 @@ class ControlServer:
             finally:
                 probe.close()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177 if not self.allow_other else 0o111)
+        # Connecting needs write permission on the socket; the peer check decides the rest.
+        old = os.umask(0o111 if self.shared else 0o177)
         try:
             s.bind(path)
         finally:
             os.umask(old)
-        s.listen(64)
+        s.listen(128)
         return s
 
     async def serve(self, sock: socket.socket, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -110,43 +224,84 @@ class ControlServer:
         async with listener:
             await trio.serve_listeners(self._connection, [listener], task_status=task_status)
 
-    def _peer_allowed(self, stream: trio.SocketStream) -> tuple[bool, int]:
-        creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return self.allow_other or uid in (0, self.owner), uid
-
+    # -- connections -------------------------------------------------------------
     async def _connection(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            if self._clients.value == 0:
-                await self._send(stream, proto.error_header(proto.ControlError("too many control connections")))
-                return
-            async with self._clients:
-                allowed, uid = self._peer_allowed(stream)
-                if not allowed:
-                    log.warning("refused a control connection from uid %d", uid)
-                    await self._send(stream, proto.error_header(
-                        PermissionError(errno.EACCES, "only the mounting user and root may use this socket")))
-                    await self._linger(stream)
+        """One client connection. Catches everything: a handler exception that escaped
+        would cancel the nursery and with it the whole mount."""
+        try:
+            async with stream:
+                await self._admit_and_serve(stream)
+        except Exception:
+            log.exception("control connection failed")
+
+    async def _admit_and_serve(self, stream: trio.SocketStream) -> None:
+        peer = peer_of(stream.socket)
+        if not self.policy.may_connect(peer):
+            log.warning("refused a control connection from uid %d (pid %d)", peer.uid, peer.pid)
+            await self._send_error(stream, proto.AccessDeniedError(
+                "only the mounting user and root may use this socket (the mount was made without --allow-other)"))
+            await self._linger(stream)
+            return
+        conn = self._admit(peer)
+        if conn is None:
+            await self._send_error(stream, Busy(f"too many control connections ({len(self._conns)}); retry later"))
+            await self._linger(stream)
+            return
+        try:
+            with conn.scope:
+                await self._serve_frames(stream, conn)
+        finally:
+            if conn in self._conns:
+                self._conns.remove(conn)
+
+    def _admit(self, peer: Peer) -> _Conn | None:
+        """Register a connection, closing idle ones if the slots are taken. Other users
+        can use only ``max_clients - reserved`` slots and evict only each other, so no
+        number of their connections keeps the owner out."""
+        privileged = self.policy.privileged(peer)
+        cap = self.limits.max_clients - (0 if privileged else self.limits.reserved)
+        while len(self._conns) >= cap:
+            idle = [c for c in self._conns if c.idle_since is not None and (privileged or not c.privileged)]
+            if not idle:
+                return None
+            victim = min(idle, key=lambda c: (c.privileged, c.idle_since))
+            victim.evicted = True
+            victim.scope.cancel()
+            self._conns.remove(victim)
+        conn = _Conn(peer, privileged, idle_since=trio.current_time())  # nothing received yet: idle
+        self._conns.append(conn)
+        return conn
+
+    async def _serve_frames(self, stream: trio.SocketStream, conn: _Conn) -> None:
+        try:
+            while True:
+                frame = await self._read_frame(stream, conn)
+                if frame is None:
                     return
                 try:
-                    while True:
-                        frame = await self._read_frame(stream)
-                        if frame is None:
-                            return
-                        header, payload = await self._dispatch(frame)
-                        await self._send(stream, header, payload)
-                except proto.ProtocolError as e:
-                    log.info("control connection closed: %s", e)
-                    await self._send(stream, proto.error_header(e))
-                    await self._linger(stream)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-                    return
+                    header, payload = await self._dispatch(frame, conn.peer)
+                    await self._send(stream, header, payload)
+                finally:
+                    self.budget.release(frame.reserved)
+        except (proto.ProtocolError, proto.AccessDeniedError, trio.TooSlowError) as e:
+            if isinstance(e, trio.TooSlowError):
+                e = proto.ProtocolError("the frame did not arrive in time (or the reply was not read); closing")
+            log.info("control connection from uid %d closed: %s", conn.peer.uid, e)
+            await self._send_error(stream, e)
+            await self._linger(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):  # OSError: the peer reset
+            return
 
     async def _linger(self, stream: trio.SocketStream) -> None:
         """Close after an error reply without losing it: closing with unread input would
-        reset the connection and drop the reply, so discard input briefly first."""
-        with trio.move_on_after(1.0):
-            try:
+        reset the connection and drop the reply, so discard input briefly first. Refused
+        connections linger too and hold no slot, so how many may linger is bounded: past
+        that, a flood of connections gets closed at once (its replies may be lost)."""
+        if self._lingering >= MAX_LINGERING:
+            return
+        self._lingering += 1
+        try:
+            with trio.move_on_after(1.0):
                 await stream.send_eof()
                 seen = 0
                 while seen < (16 << 20):
@@ -154,59 +309,120 @@ class ControlServer:
                     if not chunk:
                         break
                     seen += len(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._lingering -= 1
+
+    async def _send(self, stream: trio.SocketStream, header: dict[str, Any], payload: Any = b"") -> None:
+        """Send a reply; the payload goes out as it is (no copy into one frame buffer)."""
+        head = proto.encode(header)[proto.PREFIX.size:]
+        size = memoryview(payload).nbytes if payload is not None else 0
+        with trio.fail_after(self.limits.stall_timeout):
+            await stream.send_all(proto.PREFIX.pack(proto.MAGIC, proto.VERSION, len(head), size) + head)
+        view = memoryview(payload).cast("B") if size else memoryview(b"")
+        for off in range(0, size, 1 << 20):  # a reader that stops reading is dropped, not waited for
+            with trio.fail_after(self.limits.stall_timeout):
+                await stream.send_all(view[off : off + (1 << 20)])
+
+    async def _send_error(self, stream: trio.SocketStream, exc: BaseException) -> None:
+        """The last reply of a connection: ``closing`` tells the client to reconnect."""
+        with trio.move_on_after(self.limits.stall_timeout):
+            try:
+                await stream.send_all(proto.encode({**proto.error_header(exc), "closing": True}))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
-    async def _send(self, stream: trio.SocketStream, header: dict[str, Any], payload: bytes = b"") -> None:
-        try:
-            await stream.send_all(proto.encode(header, payload))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-    async def _read_exact(self, stream: trio.SocketStream, n: int, buf: bytearray) -> None:
-        while len(buf) < n:
-            chunk = await stream.receive_some(min(n - len(buf), 1 << 20))
-            if not chunk:
+    # -- frames ------------------------------------------------------------------
+    async def _fill(self, stream: trio.SocketStream, buf: Any) -> None:
+        """Receive exactly ``len(buf)`` bytes into ``buf`` in place."""
+        view, off = memoryview(buf).cast("B"), 0
+        while off < len(view):
+            with trio.fail_after(self.limits.stall_timeout):
+                n = await stream.socket.recv_into(view[off:], min(len(view) - off, 1 << 20))
+            if not n:
                 raise proto.ProtocolError("the client closed the connection mid-frame")
-            buf += chunk
+            off += n
 
-    async def _read_frame(self, stream: trio.SocketStream) -> proto.Frame | None:
-        buf = bytearray()
-        with trio.move_on_after(IDLE_TIMEOUT) as idle:
-            first = await stream.receive_some(proto.PREFIX.size)
-        if idle.cancelled_caught or not first:
-            return None
-        buf += first
-        with trio.fail_after(FRAME_TIMEOUT):
-            await self._read_exact(stream, proto.PREFIX.size, buf)
-            hlen, plen = proto.parse_prefix(bytes(buf), self.max_payload)
-            head = bytearray()
-            await self._read_exact(stream, hlen, head)
-            payload = bytearray()
-            await self._read_exact(stream, plen, payload)
+    async def _reserve(self, n: int) -> None:
+        if not await self.budget.acquire(n, self.limits.stall_timeout):
+            raise Busy(f"the daemon cannot take a {n}-byte request now (memory budget "
+                       f"{self.limits.memory_budget} bytes, {self.budget.used} in use); retry later")
+
+    async def _read_frame(self, stream: trio.SocketStream, conn: _Conn) -> _Frame | None:
+        """Read one frame. The header is read and checked before the payload: only write
+        operations carry one, so a peer that may not write never gets a payload buffered."""
+        prefix, n = bytearray(proto.PREFIX.size), 0
+        conn.idle_since = trio.current_time()
+        with trio.move_on_after(self.limits.idle_timeout):
+            n = await stream.socket.recv_into(prefix)
+        conn.idle_since = None
+        if not n:
+            return None  # closed, or idle too long
+        reserved = 0
         try:
-            header = proto.parse_header(bytes(head))
-        except proto.ProtocolError as e:  # the frame was whole: answer, keep the connection
-            return proto.Frame({}, b"", str(e))
-        return proto.Frame(header, bytes(payload))
+            with trio.fail_after(self.limits.frame_timeout):
+                await self._fill(stream, memoryview(prefix)[n:])
+                hlen, plen = proto.parse_prefix(bytes(prefix), self.limits.max_payload, self.limits.max_header)
+                await self._reserve(hlen)
+                reserved = hlen
+                head = bytearray(hlen)
+                await self._fill(stream, head)
+                try:
+                    header, error = proto.parse_header(bytes(head)), None
+                except proto.ProtocolError as e:
+                    header, error = {}, str(e)
+                del head
+                payload: Any = b""
+                if plen:
+                    spec = OPS.get(header.get("op")) if isinstance(header.get("op"), str) else None
+                    if spec is None or not spec.write:
+                        raise proto.ProtocolError("only write operations carry a payload"
+                                                  + (f" ({error})" if error else ""))
+                    self.policy.check_write(conn.peer, header["op"])
+                    await self._reserve(plen)
+                    reserved += plen
+                    # np.empty maps fresh pages only as bytes arrive: memory follows what was
+                    # sent, not what the prefix declared.
+                    payload = np.empty(plen, np.uint8)
+                    await self._fill(stream, payload)
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        return _Frame(header, payload, reserved, error)
 
-    async def _dispatch(self, frame: proto.Frame) -> tuple[dict[str, Any], bytes]:
+    async def _dispatch(self, frame: _Frame, peer: Peer) -> tuple[dict[str, Any], Any]:
         name = frame.header.get("op")
         args = frame.header.get("args", {})
-        handler = OPS.get(name) if isinstance(name, str) else None
+        spec = OPS.get(name) if isinstance(name, str) else None
+        reserved = 0
         try:
             if frame.error is not None:
                 raise proto.ProtocolError(frame.error)
-            if handler is None:
-                raise errors.UserInputError(f"unknown operation {name!r} (known: {sorted(OPS)})")
+            if spec is None:
+                shown = name if not isinstance(name, str) or len(name) < 100 else name[:100] + "..."
+                raise errors.UserInputError(f"unknown operation {shown!r} (known: {sorted(OPS)})")
             if not isinstance(args, dict):
                 raise errors.UserInputError("'args' must be a JSON object")
-            result, payload = await handler(self, args, frame.payload)
+            if spec.write:
+                self.policy.check_write(peer, name)
+            if spec.reply_budget:
+                if not await self.budget.acquire(self.limits.max_result, self.limits.stall_timeout):
+                    raise Busy("the daemon is short of memory for results now; retry later")
+                reserved = self.limits.max_result
+            result, payload = await spec.fn(self, Request(peer, args, frame.payload))
+            if reserved:  # keep only what the reply holds until it is sent
+                size = memoryview(payload).nbytes
+                self.budget.release(reserved - min(size, reserved))
+                reserved = min(size, reserved)
         except (errors.SpaceError, PermissionError) as e:
+            self.budget.release(reserved)
             return proto.error_header(e), b""
         except Exception as e:  # a bug, or an engine failure: report it, keep serving
+            self.budget.release(reserved)
             log.exception("control op %r failed", name)
             return proto.error_header(proto.ControlError(f"{name}: {type(e).__name__}: {e}")), b""
+        frame.reserved += reserved  # released once the reply is sent
         return {"ok": True, "result": result}, payload
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -243,26 +459,27 @@ class ControlServer:
 
 
 # -- operations --------------------------------------------------------------------
-@op("ping")
-async def _ping(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
-    return {"protocol": proto.VERSION, "pid": os.getpid()}, b""
+@op("ping", write=False)
+async def _ping(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
+    return {"protocol": proto.VERSION, "pid": os.getpid(), "uid": req.peer.uid,
+            "may_write": srv.policy.may_write(req.peer)}, b""
 
 
-@op("datasets")
-async def _datasets(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
+@op("datasets", write=False)
+async def _datasets(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
     return await srv.run(srv.names), b""
 
 
 def _writer(kind: str) -> Handler:
-    async def write(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
-        name, branch = _arg(args, "name", str), _arg(args, "branch", str, required=False)
-        message = _arg(args, "message", str, required=False)
-        if not payload:
+    async def write(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
+        name, branch = _arg(req.args, "name", str), _arg(req.args, "branch", str, required=False)
+        message = _arg(req.args, "message", str, required=False)
+        if not len(req.payload):
             raise errors.UserInputError(f"{kind} needs the rows as an Arrow IPC payload")
 
         def run() -> JobResult:
             ds = srv.dataset(name, branch)
-            table = proto.ipc_to_table(payload)
+            table = proto.ipc_to_table(req.payload)
             return getattr(ds.local(), kind)(table, message=message)
 
         result = await srv.run(run)
@@ -273,46 +490,52 @@ def _writer(kind: str) -> Handler:
 
 
 for _kind in ("append", "insert", "upsert"):
-    op(_kind)(_writer(_kind))
+    op(_kind, write=True)(_writer(_kind))
 
 
-@op("delete")
-async def _delete(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
-    name, filter_ = _arg(args, "name", str), _arg(args, "filter", str)
-    branch, message = _arg(args, "branch", str, required=False), _arg(args, "message", str, required=False)
+@op("delete", write=True)
+async def _delete(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
+    name, filter_ = _arg(req.args, "name", str), _arg(req.args, "filter", str)
+    branch, message = _arg(req.args, "branch", str, required=False), _arg(req.args, "message", str, required=False)
     result = await srv.run(lambda: srv.dataset(name, branch).local().delete(filter_, message=message))
     srv.on_commit()
     return _job(result), b""
 
 
-@op("add_tag")
-async def _add_tag(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
-    name, tag = _arg(args, "name", str), _arg(args, "tag", str)
-    sid = _arg(args, "snapshot_id", int, required=False)
+@op("add_tag", write=True)
+async def _add_tag(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
+    name, tag = _arg(req.args, "name", str), _arg(req.args, "tag", str)
+    sid = _arg(req.args, "snapshot_id", int, required=False)
     await srv.run(lambda: srv.dataset(name).add_tag(tag, sid))
     srv.on_commit()
     return None, b""
 
 
-@op("add_branch")
-async def _add_branch(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
-    name, branch = _arg(args, "name", str), _arg(args, "branch", str)
+@op("add_branch", write=True)
+async def _add_branch(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
+    name, branch = _arg(req.args, "name", str), _arg(req.args, "branch", str)
     await srv.run(lambda: srv.dataset(name).add_branch(branch))
     srv.on_commit()
     return None, b""
 
 
-@op("refresh")
-async def _refresh(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
-    name = _arg(args, "name", str)
-    version = _arg(args, "version", (int, str), required=False)
+@op("refresh", write=True)
+async def _refresh(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
+    name = _arg(req.args, "name", str)
+    version = _arg(req.args, "version", (int, str), required=False)
 
     def run() -> JobResult:
         path = srv.path(name)
         try:
-            from spacefs.engine.mv import MaterializedView
+            from spacefs.engine.mv import DEFINITION, MaterializedView
         except ImportError:
             raise proto.ControlError("materialized views are not available in this build of spacefs") from None
+        storage = Storage(path)
+        if storage.kind != "mv":
+            raise errors.UserInputError(f"{storage.location} is a dataset, not a materialized view")
+        if not srv.policy.trust_views:  # before anything is unpickled
+            definition = storage.full_path(storage.meta.get("view", {}).get("definition", DEFINITION))
+            check_view_trusted(path, definition, srv.owner)
         return MaterializedView.load(path).local().refresh(version)
 
     result = await srv.run(run)
@@ -320,17 +543,19 @@ async def _refresh(srv: ControlServer, args: dict[str, Any], payload: bytes) -> 
     return _job(result), b""
 
 
-@op("sql")
-async def _sql(srv: ControlServer, args: dict[str, Any], payload: bytes) -> tuple[Any, bytes]:
-    query = _arg(args, "query", str)
-    table = await srv.run(lambda: safe_sql(query, {n: srv.path(n) for n in srv.names()}))
-    data = proto.table_to_ipc(table)
-    if len(data) > srv.max_payload:
-        raise errors.UserInputError(f"the result ({len(data)} bytes) exceeds the frame limit; add a LIMIT")
-    return {"rows": table.num_rows}, data
+@op("sql", write=False, reply_budget=True)
+async def _sql(srv: ControlServer, req: Request) -> tuple[Any, Any]:
+    query = _arg(req.args, "query", str)
+
+    def run() -> tuple[pa.Buffer, int]:
+        return sql_to_ipc(query, {n: srv.path(n) for n in srv.names()}, srv.limits.max_result)
+
+    async with srv.sql_limiter:
+        data, rows = await srv.run(run)
+    return {"rows": rows}, data
 
 
-def safe_sql(query: str, datasets: dict[str, str]) -> pa.Table:
+def _connect_duckdb(datasets: dict[str, str]) -> Any:
     """DuckDB over the datasets' index data with file access switched off.
 
     The engine's ``sql`` lets DuckDB open files by path; a socket peer must not be able
@@ -350,6 +575,37 @@ def safe_sql(query: str, datasets: dict[str, str]) -> pa.Table:
             schema = ds.storage.index_schema
             src = pds.dataset(files, schema=schema, format="parquet") if files else schema.empty_table()
             con.register(name, src)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def sql_to_ipc(query: str, datasets: dict[str, str], limit: int) -> tuple[pa.Buffer, int]:
+    """Run ``query`` and encode its result as an Arrow IPC stream of at most ``limit``
+    bytes, batch by batch: a result too large fails once it passes the limit instead of
+    being built in full first."""
+    import duckdb
+
+    con = _connect_duckdb(datasets)
+    try:
+        try:
+            rel = con.sql(query)  # a relation streams; a DB-API result would copy the rows first
+            if rel is None:  # a statement without a result
+                return proto.reader_to_ipc(pa.RecordBatchReader.from_batches(pa.schema([]), []), limit)
+            return proto.reader_to_ipc(rel.to_arrow_reader(8192), limit)
+        except duckdb.Error as e:
+            raise errors.UserInputError(f"SQL error: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def safe_sql(query: str, datasets: dict[str, str]) -> pa.Table:
+    """The whole result of ``query`` as a table, with the same restrictions as the socket's SQL."""
+    import duckdb
+
+    con = _connect_duckdb(datasets)
+    try:
         try:
             return con.execute(query).to_arrow_table()
         except duckdb.Error as e:

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pyfuse3
 import trio
 
 from . import paths
-from .control import ControlServer
+from .access import Grants
+from .control import ControlServer, Limits
 from .fuse_ops import FuseOps, KernelNotifier
 from .tree import Tree
 
@@ -68,9 +68,15 @@ async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_re
         nursery.cancel_scope.cancel()
 
 
-def run(source: str, mountpoint: str, *, allow_other: bool = False, ready: Callable[[str], None] | None = None,
+def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes_from: Sequence[str] = (),
+        trust_views: bool = False, limits: Sequence[str] = (), ready: Callable[[str], None] | None = None,
         interval: float = POLL_INTERVAL, log_path: str | None = None) -> None:
-    """Mount ``source`` (a catalog or dataset directory) at ``mountpoint`` until unmounted."""
+    """Mount ``source`` (a catalog or dataset directory) at ``mountpoint`` until unmounted.
+
+    ``allow_writes_from`` names users or groups that may write over the control socket
+    (besides the owner and root); ``trust_views`` lets refresh run view definitions
+    written by other users; ``limits`` are ``NAME=VALUE`` overrides of ``control.Limits``.
+    """
     ready = ready or (lambda msg: None)
     mountpoint = os.path.abspath(mountpoint)
     import pyarrow.dataset  # noqa: F401 - imported now, not on the first directory listing
@@ -84,9 +90,10 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, ready: Calla
         with contextlib.suppress(trio.WouldBlock):
             poke_send.send_nowait(None)
 
-    control = ControlServer(source, allow_other=allow_other, on_commit=poke)
-    sock_path = paths.socket_path(mountpoint)
-    state_path = paths.state_path(mountpoint)
+    control = ControlServer(source, allow_other=allow_other, writers=Grants.parse(allow_writes_from),
+                            trust_views=trust_views, on_commit=poke, limits=Limits.parse(list(limits)))
+    run_dir = paths.prepare_mount_dir(mountpoint, shared=control.shared)
+    sock_path, state_path = paths.socket_path(mountpoint), paths.state_path(mountpoint)  # before mounting
     sock = control.bind(sock_path)
     options = set(pyfuse3.default_options) | {"fsname=spacefs", "subtype=spacefs", "ro", "auto_unmount"}
     if allow_other:
@@ -95,19 +102,18 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, ready: Calla
     try:
         pyfuse3.init(ops, mountpoint, options)
         mounted = True
-        with open(state_path + ".tmp", "w") as f:
-            json.dump({"pid": os.getpid(), "source": os.path.abspath(source), "mountpoint": mountpoint,
-                       "socket": sock_path, "log": log_path}, f)
-        os.replace(state_path + ".tmp", state_path)
-        log.info("mounted %s at %s (control socket %s)", source, mountpoint, sock_path)
+        paths.write_state(state_path, {"pid": os.getpid(), "source": os.path.abspath(source),
+                                       "mountpoint": mountpoint, "socket": sock_path, "log": log_path,
+                                       "allow_other": allow_other, "writers": control.policy.writers.names(),
+                                       "trust_views": trust_views})
+        log.info("mounted %s at %s (control socket %s%s)", source, mountpoint, sock_path,
+                 f"; writes also from {', '.join(control.policy.writers.names())}" if control.shared else "")
         trio.run(_serve, tree, ops, control, sock, poke_recv, interval, lambda: ready("ok"))
     finally:
         if mounted:
             pyfuse3.close(unmount=True)
         sock.close()
-        for p in (sock_path, state_path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+        paths.remove_mount_files(run_dir)
         log.info("unmounted %s", mountpoint)
 
 
@@ -116,13 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source")
     p.add_argument("mountpoint")
     p.add_argument("--allow-other", action="store_true")
+    p.add_argument("--allow-writes-from", action="append", default=[], metavar="USER|GROUP")
+    p.add_argument("--trust-views", action="store_true")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--log", help="log file (default: stderr)")
     p.add_argument("--ready-fd", type=int, help="write 'ok' or an error line here once serving")
     p.add_argument("--poll-interval", type=float, default=POLL_INTERVAL)
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
 
-    handler: logging.Handler = logging.FileHandler(args.log) if args.log else logging.StreamHandler(sys.stderr)
+    try:
+        out = os.fdopen(paths.open_log(args.log), "a", buffering=1) if args.log else sys.stderr
+    except Exception as e:
+        print(f"spacefs daemon: {e}", file=sys.stderr)
+        if args.ready_fd is not None:
+            with contextlib.suppress(OSError), os.fdopen(args.ready_fd, "w") as f:
+                f.write(f"error: {e}\n")
+        return 1
+    handler: logging.Handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -140,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             ready_file = None
 
     try:
-        run(args.source, args.mountpoint, allow_other=args.allow_other, ready=ready,
+        run(args.source, args.mountpoint, allow_other=args.allow_other, allow_writes_from=args.allow_writes_from,
+            trust_views=args.trust_views, limits=args.limit, ready=ready,
             interval=args.poll_interval, log_path=args.log)
     except Exception as e:
         log.exception("the mount daemon failed")

@@ -15,12 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from spacefs.engine.errors import NotFoundError, SpaceError, UserInputError
 
 from . import paths
+from .access import Grants
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -68,32 +69,47 @@ def check_mountpoint(mountpoint: str) -> None:
         raise UserInputError(f"{mountpoint} is not empty: mounting over it would hide its files; use an empty directory")
 
 
-def start(source: str, mountpoint: str, *, allow_other: bool = False, log: str | None = None,
+def start(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes_from: Sequence[str] = (),
+          trust_views: bool = False, limits: Mapping[str, float] | None = None, log: str | None = None,
           timeout: float = START_TIMEOUT, poll_interval: float | None = None, debug: bool = False) -> MountInfo:
     """Mount ``source`` at ``mountpoint`` with a background daemon; return once it serves.
 
     The daemon logs to ``log`` (default: beside its control socket, removed again by a
-    clean ``unmount``); ``debug`` makes it log every commit it sees and more.
+    clean ``unmount``); ``debug`` makes it log every commit it sees and more. The mount's
+    run directory is created and checked (``paths.prepare_mount_dir``) before the log is
+    opened in it, and the log is opened without following symbolic links.
     """
     source, mountpoint = os.path.abspath(source), os.path.abspath(mountpoint)
     check_source(source)
     check_mountpoint(mountpoint)
-    log = os.path.abspath(log or paths.default_log_path(mountpoint))
-    os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+    Grants.parse(allow_writes_from)  # a bad name fails here, not in the daemon's log
+    paths.prepare_mount_dir(mountpoint, shared=allow_other or bool(allow_writes_from))
+    if log:  # a log the user named: its directory is theirs to choose
+        log = os.path.abspath(log)
+        os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
+    else:
+        log = paths.default_log_path(mountpoint)
     cmd = [sys.executable, "-m", "spacefs.mount.daemon", source, mountpoint, "--log", log]
     if allow_other:
         cmd.append("--allow-other")
+    for who in allow_writes_from:
+        cmd += ["--allow-writes-from", who]
+    if trust_views:
+        cmd.append("--trust-views")
+    for name, value in (limits or {}).items():
+        cmd += ["--limit", f"{name}={value}"]
     if poll_interval is not None:
         cmd += ["--poll-interval", str(poll_interval)]
     if debug:
         cmd.append("--debug")
+    out = paths.open_log(log)
     r, w = os.pipe()
     try:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(cmd + ["--ready-fd", str(w)], pass_fds=(w,), start_new_session=True,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        proc = subprocess.Popen(cmd + ["--ready-fd", str(w)], pass_fds=(w,), start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     finally:
         os.close(w)
+        os.close(out)
     _children[proc.pid] = proc
     try:
         line = _read_line(r, proc, timeout)
@@ -186,14 +202,12 @@ def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = STOP_TIMEOU
         if pid and not _wait_gone(pid, timeout):
             _stop_pid(pid, 5.0)
     if not pid or not _alive(pid):
-        for p in (paths.socket_path(mountpoint), paths.state_path(mountpoint)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
         # The default log goes with a clean mount (one per mount would pile up); a stale
         # mount's log is kept for the post-mortem, and a --log file chosen by the user stays.
         if clean and state.get("log") == paths.default_log_path(mountpoint):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(state["log"])
+        paths.remove_mount_files(paths.mount_dir(mountpoint))
 
 
 @contextlib.contextmanager

@@ -229,6 +229,7 @@ def test_other_users_are_refused_by_peer_credentials(live):
     seq = ds.storage.log.head_seq()
     path = paths.socket_path(mnt)
     # Open the way through the file system on purpose: the peer check alone must refuse.
+    os.chmod(paths.run_dir(), 0o711)
     os.chmod(os.path.dirname(path), 0o711)
     os.chmod(path, 0o666)
     frame = proto.encode({"op": "append", "args": {"name": "pets"}}, _ipc(pa.table(rows([902]))))

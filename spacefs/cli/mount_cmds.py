@@ -13,17 +13,27 @@ from spacefs.cli import echo_json, main, note
 @click.argument("source", type=click.Path(file_okay=False))
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached (logs on stderr); Ctrl-C unmounts.")
-@click.option("--allow-other", is_flag=True, help="Let other users read the mount and use its control socket.")
+@click.option("--allow-other", is_flag=True,
+              help="Let other users read the mount and use the control socket's read operations (datasets, sql).")
+@click.option("--allow-writes-from", "writers", multiple=True, metavar="USER|GROUP",
+              help="Also let this user or group write, tag, branch and refresh over the control socket "
+                   "(repeatable; user:NAME or group:NAME to be explicit).")
+@click.option("--trust-views", is_flag=True,
+              help="Let refresh run materialized views whose stored code other users wrote (see SECURITY.md).")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False),
               help="Daemon log file, kept after unmounting (default: beside the socket, removed by a clean umount).")
 @click.option("--debug", is_flag=True, help="Make the daemon log at debug level (every commit it sees, and more).")
-def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, log_file: str | None, debug: bool) -> None:
+def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, writers: tuple[str, ...],
+          trust_views: bool, log_file: str | None, debug: bool) -> None:
     """Mount a catalog (or one dataset) directory SOURCE at MOUNTPOINT, read-only.
 
     Returns once the mount serves requests, the daemon running in the background.
     Every version of every dataset appears as files; new commits appear within a second.
     MOUNTPOINT must be an empty directory; SOURCE a dataset, or a directory of datasets
     (or an empty one). 'spacefs mounts' lists the mounts running.
+
+    Writes over the control socket are the owner's and root's unless granted with
+    --allow-writes-from; SECURITY.md describes the trust model.
     """
     from spacefs.mount import launch
 
@@ -44,9 +54,11 @@ def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, log
             if msg == "ok":
                 click.echo(f"mounted {source} at {mountpoint}; Ctrl-C or 'spacefs umount {mountpoint}' to stop", err=True)
 
-        daemon.run(source, mountpoint, allow_other=allow_other, ready=ready, log_path=None)
+        daemon.run(source, mountpoint, allow_other=allow_other, allow_writes_from=writers, trust_views=trust_views,
+                   ready=ready, log_path=None)
         return
-    info = launch.start(source, mountpoint, allow_other=allow_other, log=log_file, debug=debug)
+    info = launch.start(source, mountpoint, allow_other=allow_other, allow_writes_from=writers,
+                        trust_views=trust_views, log=log_file, debug=debug)
     note(f"mounted {info.source} at {info.mountpoint} (daemon pid {info.pid}, log {info.log})")
 
 
