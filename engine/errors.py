@@ -43,3 +43,18 @@ class CommitConflictError(SpaceError):
 
 class CorruptionError(SpaceError):
     """Stored metadata or data does not read back as written."""
+
+
+class MergeConflictError(SpaceError):
+    """A merge found keys changed differently on both sides; nothing was changed.
+
+    ``keys`` is a ``pa.Table`` of the conflicting primary keys.
+    """
+
+    def __init__(self, message: str, keys=None):
+        super().__init__(message)
+        self.keys = keys
+
+
+class SnapshotExpiredError(VersionNotFoundError):
+    """A snapshot (or one on the path between two versions) was removed by expiry."""

@@ -24,12 +24,14 @@ from .errors import (
     AlreadyExistsError,
     CommitConflictError,
     NotFoundError,
+    SnapshotExpiredError,
     UserInputError,
     VersionNotFoundError,
 )
 from .filters import Filter, stats_guarantee, to_expression
 from .log import Entry, MetadataLog
 from .manifest import INDEX, RECORD, ManifestStore, manifest_schema, removal
+from .retention import expired
 
 FORMAT = "spacefs/1"
 DEFAULT_BRANCH = "main"
@@ -171,6 +173,8 @@ class Storage:
             head = head or self.head()
             if version < 0 or version > head.last_snapshot_id:
                 raise VersionNotFoundError(f"{self.name}: snapshot {version} does not exist (latest is {head.last_snapshot_id})")
+            if version in expired(head):
+                raise SnapshotExpiredError(f"{self.name}: snapshot {version} was expired (removed by expire_snapshots)")
             return version
         head = head or self.head()
         if version is None:
@@ -238,7 +242,8 @@ class Storage:
         raise CommitConflictError(f"{self.name}: {op} lost to concurrent writers {MAX_COMMIT_ATTEMPTS} times")
 
     def commit_snapshot(self, branch: str, op: str, plan: Callable[[int], Plan | None],
-                        settings: Callable[[Entry], dict[str, Any]] | None = None) -> dict[str, Any] | None:
+                        settings: Callable[[Entry], dict[str, Any]] | None = None,
+                        snapshot_extra: dict[str, Any] | None = None, keep_empty: bool = False) -> dict[str, Any] | None:
         """Publish a new snapshot on ``branch``; ``plan(base_id)`` says what changes.
 
         Optimistic: the plan is computed against the branch head; if another writer
@@ -246,7 +251,9 @@ class Storage:
         snapshot did not change) and the commit retried. ``settings(head)``, if given,
         returns the settings to publish in the same log entry (it may raise to refuse
         the commit): a materialized view moves its "reflects source snapshot N" marker
-        atomically with its data this way.
+        atomically with its data this way. ``snapshot_extra`` adds fields to the
+        snapshot doc (a merge's ``merge_parent``); ``keep_empty`` commits a plan that
+        changes no file (a merge that records its second parent and nothing else).
         """
         plans: dict[int, Plan | None] = {}
         try:
@@ -260,11 +267,12 @@ class Storage:
                         self._discard(old)
                     plans = {base: plan(base)}
                 p = plans[base]
-                if p is None or p.empty:
+                if p is None or (p.empty and not keep_empty):
                     return None
                 new_settings = settings(head) if settings else head.settings
                 sid = head.last_snapshot_id + 1
                 snap, created = self._snapshot_doc(sid, base, branch, op, p)
+                snap.update(snapshot_extra or {})
                 failpoints.hit("commit:after_manifest")
                 doc = {"seq": head.seq + 1, "time": snap["time"], "op": op, "last_snapshot_id": sid,
                        "branches": {**head.branches, branch: sid}, "tags": head.tags,
@@ -347,7 +355,10 @@ class Storage:
             for n, s in kind.items():
                 names.setdefault(s, []).append(n)
         ids, times, refs = [], [], []
+        gone = expired(head)
         for sid in range(head.last_snapshot_id, -1, -1):
+            if sid in gone:
+                continue
             t = datetime.fromisoformat(self.snapshot(sid)["time"])
             for n in sorted(names.get(sid, [None]), key=lambda x: (x is None, x)):
                 ids.append(sid)
