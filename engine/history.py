@@ -27,7 +27,7 @@ def merge_base(storage: Storage, a: int, b: int) -> int | None:
     if a == b:
         return a
     seen: dict[int, int] = {a: 1, b: 2}
-    heap = [-a, -b]
+    heap = sorted([-a, -b])
     while heap:
         sid = -heapq.heappop(heap)
         flags = seen[sid]
