@@ -64,7 +64,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for mod in ("engine_cmds", "mount_cmds", "view_cmds", "io_cmds"):
+    for mod in ("engine_cmds", "mount_cmds", "view_cmds", "io_cmds", "vcs_cmds"):
         try:
             importlib.import_module(f"spacefs.cli.{mod}")
         except ModuleNotFoundError as e:
