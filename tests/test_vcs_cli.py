@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pyarrow as pa
+from test_cli import run
 
 from spacefs import Dataset
-
-from test_cli import run
 
 SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.string()), ("blob", pa.binary())])
 
