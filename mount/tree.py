@@ -28,6 +28,7 @@ from spacefs.engine.catalog import validate_name
 from spacefs.engine.errors import SpaceError
 from spacefs.engine.log import Entry
 from spacefs.engine.records import RecordReader
+from spacefs.engine.retention import expired
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
 
 from .recread import RecordFiles
@@ -259,6 +260,8 @@ class Tree:
                 self._refresh(ds, st)  # a commit newer than the last poll
                 if sid > st.head.last_snapshot_id:
                     raise _enoent(name)
+            if sid in expired(st.head):
+                raise _enoent(name)
             return Node(VER, ds, sid)
         if k in (TAGS, BRANCHES):
             refs = self.state(ds, io).head.tags if k == TAGS else self.state(ds, io).head.branches
@@ -311,7 +314,11 @@ class Tree:
         if k == DS:
             return [(n, Node(n, ds)) for n in (VERSIONS, TAGS, BRANCHES, CURRENT)]
         if k == VERSIONS:
-            n = self.state(ds, io).head.last_snapshot_id + 1
+            head = self.state(ds, io).head
+            n, gone = head.last_snapshot_id + 1, expired(head)
+            if gone:  # expiry leaves holes: list the live ids
+                live = [i for i in range(n) if i not in gone]
+                return _Seq(len(live), lambda i: (str(live[i]), Node(VER, ds, live[i])))
             return _Seq(n, lambda i: (str(i), Node(VER, ds, i)))
         if k in (TAGS, BRANCHES):
             head = self.state(ds, io).head
@@ -462,6 +469,10 @@ class Tree:
         if old.branches.get(DEFAULT_BRANCH) != head.branches.get(DEFAULT_BRANCH):
             out.append(Invalidation(ds_node, CURRENT))
         out += [Invalidation(ds_node), Invalidation(Node(VERSIONS, name))]
+        was, now_gone = expired(old), expired(head)
+        if now_gone.ranges != was.ranges:  # expiry: the kernel must forget those versions
+            out += [Invalidation(Node(VERSIONS, name), str(sid)) for a, b in now_gone.ranges
+                    for sid in range(a, b + 1) if sid not in was]
         if old.settings.get("file_layout") != head.settings.get("file_layout"):
             for sid in range(head.last_snapshot_id + 1):
                 v = Node(VER, name, sid)
