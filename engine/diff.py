@@ -73,9 +73,20 @@ def diff(storage: Storage, start: Version, end: Version, branch: str = "main",
 
 
 def _two_point(storage: Storage, s: int, e: int, reference_read: bool, reader: RecordReader) -> Iterator[ChangeData]:
+    from .chaindiff import backward_changes, sibling_changes
+    from .history import merge_base
     from .keydiff import row_changes
 
-    ch = row_changes(storage, s, e, reader)
+    base = merge_base(storage, s, e)
+    try:
+        if base is None or base == s:
+            raise UserInputError("no usable chain")
+        if base == e:  # backwards: undo the change records of e..s
+            ch = backward_changes(storage, s, e)
+        else:  # siblings: replay both sides' change records from their merge base
+            ch = sibling_changes(storage, s, e, base, reader)
+    except (UserInputError, SnapshotExpiredError):
+        ch = row_changes(storage, s, e, reader)  # compare the two file lists
 
     def changes() -> Iterator[ChangeData]:
         if ch.old.num_rows:

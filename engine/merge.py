@@ -25,7 +25,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import CommitConflictError, MergeConflictError, UserInputError, VersionNotFoundError
+from .errors import (
+    CommitConflictError,
+    MergeConflictError,
+    SnapshotExpiredError,
+    UserInputError,
+    VersionNotFoundError,
+)
 from .history import merge_base
 from .keydiff import RowChanges, match_keys, row_changes, rows_equal
 from .log import Entry
@@ -95,12 +101,24 @@ def _three_way(st: Storage, into: str, theirs: int, on_conflict: str, file_optio
             raise _Moved()  # into went back to an ancestor of the source: fast-forward instead
         if base not in theirs_cache:
             theirs_cache.clear()
-            theirs_cache[base] = row_changes(st, base, theirs, reader)
-        return plan_merge(st, theirs_cache[base], row_changes(st, base, ours, reader), ours, theirs, on_conflict,
+            theirs_cache[base] = changes_since(st, base, theirs, reader)
+        return plan_merge(st, theirs_cache[base], changes_since(st, base, ours, reader), ours, theirs, on_conflict,
                           file_options, reader)
 
     snap = st.commit_snapshot(into, "merge", plan, snapshot_extra={"merge_parent": theirs}, keep_empty=True)
     return JobResult.from_snapshot(st, snap)
+
+
+def changes_since(st: Storage, base: int, tip: int, reader: RecordReader) -> RowChanges:
+    """The keys ``tip`` changed since its ancestor ``base`` and their final rows: from
+    the snapshots' change records when ``base`` is on ``tip``'s first-parent line, else
+    by comparing the two file lists."""
+    from .chaindiff import chain_changes
+
+    try:
+        return chain_changes(st, base, tip).as_row_changes()
+    except (UserInputError, SnapshotExpiredError):
+        return row_changes(st, base, tip, reader)
 
 
 def _final(ch: RowChanges, keys: list[str], wanted: pa.Table) -> tuple[np.ndarray, np.ndarray]:
