@@ -42,12 +42,24 @@ def restore(storage: Storage, version: Version, branch: str) -> JobResult:
     return JobResult.from_snapshot(st, snap)
 
 
+def _same_rows(st: Storage, older: int, newer: int) -> bool:
+    """True when nothing between ancestor ``older`` and ``newer`` changed a row (only
+    compactions): other file lists, same rows."""
+    from .chaindiff import chain_changes
+    from .errors import SnapshotExpiredError, UserInputError
+
+    try:
+        return chain_changes(st, older, newer).touched.num_rows == 0
+    except (UserInputError, SnapshotExpiredError):
+        return False
+
+
 def plan_file_list(st: Storage, base: int, target: int) -> Plan | None:
     """The plan that makes ``base``'s file list ``target``'s (None when equal)."""
     have, want = index_files(st, base), index_files(st, target)
     removed = [have[p] for p in sorted(set(have) - set(want))]
     added = [{**want[p], "rewrite": False} for p in sorted(set(want) - set(have))]
-    if not removed and not added:
+    if not removed and not added or _same_rows(st, target, base):
         return None
     p = Plan(removed=removed, added=added)
     needed = {f for a in added for f in (a.get("record_files") or ())}

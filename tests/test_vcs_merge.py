@@ -259,3 +259,11 @@ def test_restore(forked):
     assert fwd.state == OK
     with pytest.raises(errors.VersionNotFoundError):
         main.restore(999)
+
+
+def test_restore_across_a_compaction_is_skipped(forked):
+    main, _ = forked
+    main.local().append(rows([40]))
+    before = main.snapshot_id()
+    assert main.compact().state == OK
+    assert main.restore(before).state == SKIPPED  # same rows, other files
