@@ -24,6 +24,7 @@ written back untimed after each write.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -173,26 +174,29 @@ class VersioningBench:
         r = ds.local()
         for i in range(n):
             r.append(table.slice(i, 1))
-        small = ds.snapshot_id()
         flush_dirty_pages()
         files_before = len(ds.index_files())
         disk_small = disk_bytes(ds.location)
         say("compaction vs writing the same rows at once ...")
         peers: list[Dataset] = []
+        copies: list[Dataset] = []
 
-        def restore(i: int) -> None:
-            if ds.snapshot_id() != small:
-                ds.restore(small)  # back to the 1,000-file state, files shared (no copy)
+        def copy(i: int) -> None:
+            # A fresh copy of the 1,000-append dataset for each compaction (untimed).
+            dst = os.path.join(self.root, f"small{i}")
+            shutil.copytree(ds.location, dst)
+            copies.append(Dataset.load(dst))
+            flush_dirty_pages()
 
         def new_peer(i: int) -> None:
             peers.append(Dataset.create(os.path.join(self.root, f"once{i}"), SCHEMA, ["id"], ["blob"]))
 
-        t = measure_side_by_side({"spacefs": lambda i: ds.compact(), "peer": lambda i: peers[-1].local().append(table)},
-                                 self.repeats, setup={"spacefs": restore, "peer": new_peer},
+        t = measure_side_by_side({"spacefs": lambda i: copies[-1].compact(), "peer": lambda i: peers[-1].local().append(table)},
+                                 self.repeats, setup={"spacefs": copy, "peer": new_peer},
                                  teardown={"spacefs": lambda _: flush_dirty_pages(), "peer": lambda _: flush_dirty_pages()})
         m = {k: v.median for k, v in t.items()}
         ratio_c = ratio(m["spacefs"], m["peer"])
-        assert len(ds.index_files()) == 1 and ds.num_rows() == n
+        assert len(copies[-1].index_files()) == 1 and copies[-1].num_rows() == n
         self.add(Result(f"compact {n:,} one-row appends (peer: append them at once)", m, fmt_ratio(ratio_c, "append"),
                         "<= 2x append", ratio_c <= 2.0, samples={k: v.times for k, v in t.items()},
                         note=f"{files_before:,} index files -> 1; {n:,} one-row appends used "
