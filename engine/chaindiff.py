@@ -131,11 +131,17 @@ def backward_changes(st: Storage, newer: int, older: int) -> RowChanges:
 
 
 def _lookup(st: Storage, sid: int, keys: pa.Table) -> pa.Table:
-    from .reads import read_all
+    """Rows (index form) of snapshot ``sid`` with these keys: files pruned by stats,
+    the key columns read first, whole rows only from files holding a match."""
     from .writes import key_filter, key_mask
 
-    t = read_all(st, version=sid, filter_=key_filter(keys), reference_read=True)
-    return t.filter(pa.array(key_mask(t, keys))) if t.num_rows else t
+    out = []
+    for entry in st.index_entries(sid, key_filter(keys)):
+        path = st.full_path(entry["path"])
+        mask = key_mask(pq.read_table(path, columns=st.primary_keys), keys)
+        if mask.any():
+            out.append(pq.read_table(path, schema=st.index_schema).filter(pa.array(mask)))
+    return pa.concat_tables(out) if out else st.index_schema.empty_table()
 
 
 def _minus(pk: list[str], a: pa.Table, b: pa.Table) -> pa.Table:
