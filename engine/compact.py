@@ -75,20 +75,23 @@ def _groups(st: Storage, sid: int, max_rows: int) -> Iterator[pa.Table]:
     live = st.live_files(sid)
     rec = live.filter(pc.equal(live.column("kind"), RECORD))
     rec_bytes = dict(zip(rec.column("path").to_pylist(), rec.column("bytes").to_pylist(), strict=True))
-    reader = RecordReader(st.location)
     entries = live.filter(pc.equal(live.column("kind"), INDEX)).select(["path", "rows", "record_files"]).to_pylist()
     group: list[str] = []
     rows = nbytes = 0
-    for i, e in enumerate(entries):
-        group.append(st.full_path(e["path"]))
-        rows += e["rows"]
-        # A record file shared by several index files counts for each: groups err small.
-        nbytes += sum(rec_bytes.get(f, 0) for f in e["record_files"] or ())
-        if rows >= max_rows or nbytes >= GROUP_BYTES or i == len(entries) - 1:
-            t = _read_index(st, group)
-            for part in _by_bytes(st, t):
-                yield resolve_records(st, part, reader)
-            group, rows, nbytes = [], 0, 0
+    reader = RecordReader(st.location)
+    try:
+        for i, e in enumerate(entries):
+            group.append(st.full_path(e["path"]))
+            rows += e["rows"]
+            # A record file shared by several index files counts for each: groups err small.
+            nbytes += sum(rec_bytes.get(f, 0) for f in e["record_files"] or ())
+            if rows >= max_rows or nbytes >= GROUP_BYTES or i == len(entries) - 1:
+                t = _read_index(st, group)
+                for part in _by_bytes(st, t):
+                    yield resolve_records(st, part, reader)
+                group, rows, nbytes = [], 0, 0
+    finally:
+        reader.close()  # one descriptor per small file: never keep them past the scan
 
 
 def _read_index(st: Storage, paths: list[str]) -> pa.Table:

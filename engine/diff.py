@@ -89,9 +89,12 @@ def _two_point(storage: Storage, s: int, e: int, reference_read: bool, reader: R
         ch = row_changes(storage, s, e, reader)  # compare the two file lists
 
     def changes() -> Iterator[ChangeData]:
-        if ch.old.num_rows:
-            yield ChangeData(e, ChangeType.DELETE, ch.old.select(storage.primary_keys))
-        if ch.new.num_rows:
-            yield ChangeData(e, ChangeType.ADD, ch.new if reference_read else resolve_records(storage, ch.new, reader))
+        try:
+            if ch.old.num_rows:
+                yield ChangeData(e, ChangeType.DELETE, ch.old.select(storage.primary_keys))
+            if ch.new.num_rows:
+                yield ChangeData(e, ChangeType.ADD, ch.new if reference_read else resolve_records(storage, ch.new, reader))
+        finally:
+            reader.close()
 
     return changes()

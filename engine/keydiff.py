@@ -62,7 +62,13 @@ def row_changes(storage: Storage, a: int, b: int, reader: RecordReader | None = 
     fa, fb = index_files(storage, a), index_files(storage, b)
     old = read_index_rows(storage, sorted(set(fa) - set(fb)))
     new = read_index_rows(storage, sorted(set(fb) - set(fa)))
-    return cancel_equal(storage, old, new, reader)
+    own = reader is None
+    reader = reader or RecordReader(storage.location)
+    try:
+        return cancel_equal(storage, old, new, reader)
+    finally:
+        if own:
+            reader.close()
 
 
 def cancel_equal(storage: Storage, old: pa.Table, new: pa.Table, reader: RecordReader | None = None) -> RowChanges:
@@ -106,12 +112,17 @@ def rows_equal(storage: Storage, a: pa.Table, b: pa.Table, reader: RecordReader 
             & column_equal(ca.is_null(), cb.is_null())
     check = np.flatnonzero(eq & ~same_ref)
     if len(check):
+        own = reader is None
         reader = reader or RecordReader(storage.location)
-        idx = pa.array(check)
-        for name in recs:
-            ra = a.column(name).combine_chunks().take(idx)
-            rb = b.column(name).combine_chunks().take(idx)
-            eq[check] &= column_equal(reader.read_refs(ra), reader.read_refs(rb)) & column_equal(ra.is_null(), rb.is_null())
+        try:
+            idx = pa.array(check)
+            for name in recs:
+                ra = a.column(name).combine_chunks().take(idx)
+                rb = b.column(name).combine_chunks().take(idx)
+                eq[check] &= column_equal(reader.read_refs(ra), reader.read_refs(rb)) & column_equal(ra.is_null(), rb.is_null())
+        finally:
+            if own:
+                reader.close()
     return eq
 
 

@@ -105,7 +105,10 @@ def _three_way(st: Storage, into: str, theirs: int, on_conflict: str, file_optio
         return plan_merge(st, theirs_cache[base], changes_since(st, base, ours, reader), ours, theirs, on_conflict,
                           file_options, reader)
 
-    snap = st.commit_snapshot(into, "merge", plan, snapshot_extra={"merge_parent": theirs}, keep_empty=True)
+    try:
+        snap = st.commit_snapshot(into, "merge", plan, snapshot_extra={"merge_parent": theirs}, keep_empty=True)
+    finally:
+        reader.close()
     return JobResult.from_snapshot(st, snap)
 
 

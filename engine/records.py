@@ -465,6 +465,15 @@ class RecordReader:
             self._readers.clear()
             self._maps.clear()
 
+    def __del__(self) -> None:
+        # Readers made per call (a read, a diff) are rarely closed: without this their
+        # descriptors stay open until the process ends (a long test run hit 1024).
+        try:
+            if self._pid == os.getpid():
+                self.close()
+        except Exception:
+            pass
+
 
 # Records of one file at most this far apart are read with a single pread and cut
 # apart. Records that touch always are; bridging gaps measured slower on page cache
