@@ -14,8 +14,10 @@ from .log import Entry
 from .options import FileOptions, RayOptions
 from .runners import LocalRunner
 from .storage import DEFAULT_BRANCH, Storage, Version, validate_ref_name
+from .types import JobResult
 
 if TYPE_CHECKING:
+    from .expire import ExpireReport
     from .vacuum import VacuumReport
 
 
@@ -286,6 +288,37 @@ class Dataset:
         from .vacuum import vacuum
 
         return vacuum(self._storage, older_than=older_than, apply=apply)
+
+    # -- version control (engine/merge.py, restore.py, compact.py, expire.py) ----
+    def merge(self, source: Version, into: str | None = None, on_conflict: str = "fail") -> JobResult:
+        """Bring the rows ``source`` changed since the merge base into branch ``into``.
+
+        Fast-forwards when ``into``'s head is an ancestor of ``source``; SKIPPED when
+        there is nothing to merge; otherwise one snapshot recording both parents.
+        ``on_conflict``: "fail" (raise ``MergeConflictError``), "ours" or "theirs".
+        """
+        from .merge import merge
+
+        return merge(self._storage, source, into or self._branch, on_conflict)
+
+    def restore(self, version: Version, branch: str | None = None) -> JobResult:
+        """A new snapshot on ``branch`` whose rows equal ``version``'s (history kept)."""
+        from .restore import restore
+
+        return restore(self._storage, version, branch or self._branch)
+
+    def compact(self, file_options: FileOptions | None = None) -> JobResult:
+        """Rewrite the current branch's rows into fewer, larger files (no row changes)."""
+        from .compact import compact
+
+        return compact(self._storage, self._branch, file_options)
+
+    def expire_snapshots(self, older_than: timedelta | str, apply: bool = False) -> ExpireReport:
+        """Drop snapshots older than ``older_than`` that no tag or branch names, and the
+        files only they used. A dry run unless ``apply=True``."""
+        from .expire import expire_snapshots
+
+        return expire_snapshots(self._storage, older_than, apply=apply)
 
     # -- views (engine/views.py) -----------------------------------------------
     def map_batches(self, fn, output_schema: pa.Schema, input_fields: Sequence[str] | None = None,

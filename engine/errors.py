@@ -47,3 +47,18 @@ class CorruptionError(SpaceError):
 
 class StorageError(SpaceError):
     """The storage behind a location failed: missing bucket, refused credentials, unreachable endpoint."""
+
+
+class MergeConflictError(SpaceError):
+    """A merge found keys changed differently on both sides; nothing was changed.
+
+    ``keys`` is a ``pa.Table`` of the conflicting primary keys.
+    """
+
+    def __init__(self, message: str, keys=None):
+        super().__init__(message)
+        self.keys = keys
+
+
+class SnapshotExpiredError(VersionNotFoundError):
+    """A snapshot (or one on the path between two versions) was removed by expiry."""

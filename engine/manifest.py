@@ -73,7 +73,10 @@ def record_entry(path: str, field: str, rows: int, nbytes: int, snapshot_id: int
 
 
 def removal(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"status": REMOVED, "kind": entry["kind"], "path": entry["path"]}
+    # The removal names the add it cancels by (path, snapshot_id): a path can be live
+    # again later (restore re-adds an old snapshot's files) without the old removal
+    # cancelling the new add.
+    return {"status": REMOVED, "kind": entry["kind"], "path": entry["path"], "snapshot_id": entry.get("snapshot_id")}
 
 
 class ManifestStore:
@@ -158,12 +161,22 @@ class ManifestStore:
 
 def cancel(t: pa.Table) -> pa.Table:
     status = t.column("status")
-    removed = pc.unique(t.filter(pc.equal(status, REMOVED)).column("path").combine_chunks())
-    if len(removed) == 0:
+    is_rem = pc.equal(status, REMOVED)
+    if not pc.any(is_rem).as_py():
         return t
-    added = t.filter(pc.equal(status, ADDED)).column("path").combine_chunks()
+    is_add = pc.equal(status, ADDED)
     paths = t.column("path")
+    # A removal matches the add of the same path and snapshot id; removals written
+    # before removals carried the id (null) match every add of their path.
+    keys = pc.binary_join_element_wise(paths, pc.cast(t.column("snapshot_id"), pa.string()), "\x00")
+    legacy = pc.and_(is_rem, pc.is_null(keys))
+    add_keys = pc.unique(keys.filter(is_add).combine_chunks())
+    add_paths = pc.unique(paths.filter(is_add).combine_chunks())
+    rem_keys = pc.unique(keys.filter(is_rem).combine_chunks()).drop_null()
+    rem_paths = pc.unique(paths.filter(legacy).combine_chunks())
+    drop_add = pc.and_(is_add, pc.or_(pc.is_in(keys, value_set=rem_keys), pc.is_in(paths, value_set=rem_paths)))
+    drop_rem = pc.and_(is_rem, pc.if_else(legacy, pc.is_in(paths, value_set=add_paths),
+                                          pc.fill_null(pc.is_in(keys, value_set=add_keys), False)))
     # Drop adds that are removed, and the removes that cancelled them; keep removes of
     # files added in older manifests than these.
-    both = pc.and_(pc.is_in(paths, value_set=removed), pc.is_in(paths, value_set=added))
-    return t.filter(pc.invert(both))
+    return t.filter(pc.invert(pc.or_(drop_add, drop_rem)))

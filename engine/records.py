@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from .sparse import punch_zero_pages
+
 BLOCK = 1 << 16
 BLOCK_HEADER = 24
 USABLE = BLOCK - BLOCK_HEADER
@@ -155,6 +157,7 @@ def write_records(path: str, values: pa.Array, options: str = "") -> np.ndarray:
             write(v)
     finally:
         writer.close()
+    punch_zero_pages(path)  # a small file's 64 KiB padding costs no disk
     sizes = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(np.int64) if n else np.zeros(0, np.int64)
     offsets = scan_offsets(path, sizes) if "uncompressed" in opts else None
     if offsets is None:
@@ -461,6 +464,15 @@ class RecordReader:
             self._fds.clear()
             self._readers.clear()
             self._maps.clear()
+
+    def __del__(self) -> None:
+        # Readers made per call (a read, a diff) are rarely closed: without this their
+        # descriptors stay open until the process ends (a long test run hit 1024).
+        try:
+            if self._pid == os.getpid():
+                self.close()
+        except Exception:
+            pass
 
 
 # Records of one file at most this far apart are read with a single pread and cut

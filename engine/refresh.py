@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .errors import CommitConflictError, CorruptionError, VersionNotFoundError
+from .errors import CommitConflictError, CorruptionError, SnapshotExpiredError, VersionNotFoundError
 from .log import Entry
 from .options import FileOptions
 from .schema import check_batch_size
@@ -95,10 +95,13 @@ def refresh(mv: Any, executor: Any, version: Version | dict = None, batch_size: 
             return JobResult.skipped()
         ctx = Ctx(executor, batch_size, getattr(executor, "part_rows", None) or REFRESH_PART_ROWS)
         rebuild = recorded is None  # rows of unknown provenance: replace them all
+        if not rebuild:
+            try:
+                delta = view._delta(ctx, dict(zip(keys, recorded, strict=True)), end)
+            except SnapshotExpiredError:
+                rebuild = True  # a source expired the change records we needed: start afresh
         if rebuild:
             delta = Delta(adds=list(view._scan(ctx, end)), from_empty=True)
-        else:
-            delta = view._delta(ctx, dict(zip(keys, recorded, strict=True)), end)
         deletes = merge_deletes(delta.deletes)
 
         def removals(b: int, deletes: list[pa.Table] = deletes, rebuild: bool = rebuild) -> Plan:

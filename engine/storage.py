@@ -25,12 +25,14 @@ from .errors import (
     AlreadyExistsError,
     CommitConflictError,
     NotFoundError,
+    SnapshotExpiredError,
     UserInputError,
     VersionNotFoundError,
 )
 from .filters import Filter, prune_expression, stats_guarantee
 from .log import Entry, MetadataLog
 from .manifest import INDEX, RECORD, ManifestStore, manifest_schema, removal
+from .retention import expired
 
 FORMAT = "spacefs/1"
 DEFAULT_BRANCH = "main"
@@ -175,6 +177,8 @@ class Storage:
             head = head or self.head()
             if version < 0 or version > head.last_snapshot_id:
                 raise VersionNotFoundError(f"{self.name}: snapshot {version} does not exist (latest is {head.last_snapshot_id})")
+            if version in expired(head):
+                raise SnapshotExpiredError(f"{self.name}: snapshot {version} was expired (removed by expire_snapshots)")
             return version
         head = head or self.head()
         if version is None:
@@ -243,7 +247,8 @@ class Storage:
 
     def commit_snapshot(self, branch: str, op: str, plan: Callable[[int], Plan | None],
                         settings: Callable[[Entry], dict[str, Any]] | None = None,
-                        message: str | None = None) -> dict[str, Any] | None:
+                        message: str | None = None, snapshot_extra: dict[str, Any] | None = None,
+                        keep_empty: bool = False) -> dict[str, Any] | None:
         """Publish a new snapshot on ``branch``; ``plan(base_id)`` says what changes.
 
         Optimistic: the plan is computed against the branch head; if another writer
@@ -252,7 +257,9 @@ class Storage:
         returns the settings to publish in the same log entry (it may raise to refuse
         the commit): a materialized view moves its "reflects source snapshot N" marker
         atomically with its data this way. ``message`` is kept in the snapshot, for
-        people reading the log (like a git commit message).
+        people reading the log (like a git commit message). ``snapshot_extra`` adds
+        fields to the snapshot doc (a merge's ``merge_parent``); ``keep_empty`` commits a
+        plan that changes no file (a merge that records its second parent and nothing else).
         """
         plans: dict[int, Plan | None] = {}
         try:
@@ -266,13 +273,14 @@ class Storage:
                         self._discard(old)
                     plans = {base: plan(base)}
                 p = plans[base]
-                if p is None or p.empty:
+                if p is None or (p.empty and not keep_empty):
                     return None
                 new_settings = settings(head) if settings else head.settings
                 sid = head.last_snapshot_id + 1
                 snap, created = self._snapshot_doc(sid, base, branch, op, p)
                 if message:
                     snap["message"] = str(message)
+                snap.update(snapshot_extra or {})
                 failpoints.hit("commit:after_manifest")
                 doc = {"seq": head.seq + 1, "time": snap["time"], "op": op, "last_snapshot_id": sid,
                        "branches": {**head.branches, branch: sid}, "tags": head.tags,
@@ -355,7 +363,10 @@ class Storage:
             for n, s in kind.items():
                 names.setdefault(s, []).append(n)
         ids, times, refs, messages = [], [], [], []
+        gone = expired(head)
         for sid in range(head.last_snapshot_id, -1, -1):
+            if sid in gone:
+                continue
             snap = self.snapshot(sid)
             t = datetime.fromisoformat(snap["time"])
             for n in sorted(names.get(sid, [None]), key=lambda x: (x is None, x)):

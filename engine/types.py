@@ -39,6 +39,8 @@ class JobResult:
     storage_statistics_update: dict[str, int] = field(default_factory=dict)
     error_message: str | None = None
     snapshot_id: int | None = None
+    # A merge that only moved the branch head to the source's snapshot (no new snapshot).
+    fast_forward: bool = False
 
     @classmethod
     def skipped(cls) -> JobResult:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from .errors import UserInputError
+from .retention import expired
 from .storage import Storage
 
 # Directories (relative to the dataset) whose files belong to snapshots.
@@ -95,7 +96,8 @@ def referenced_files(storage: Storage, last_snapshot_id: int | None = None) -> s
         last_snapshot_id = storage.head().last_snapshot_id
     refs: set[str] = set()
     manifests: set[str] = set()
-    ids = range(last_snapshot_id + 1)
+    gone = expired(storage.head())  # their files are gone or going: expiry decides for them
+    ids = [sid for sid in range(last_snapshot_id + 1) if sid not in gone]
     for sid in _progress(ids, len(ids), f"{storage.name}: snapshots"):
         snap = storage.snapshot(sid)
         for m in snap.get("manifests") or []:

@@ -24,8 +24,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .diff import snapshot_chain
-from .errors import UserInputError
+from .errors import SnapshotExpiredError, UserInputError
 from .manifest import ADDED, INDEX
+from .retention import expired
 from .view_parts import Ctx, Excluding, FileRange, Part, Rows, slices, unique_rows
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ def source_delta(src: Source, ctx: Ctx, start: int, end: int) -> Delta:
         chain = snapshot_chain(st, start, end)
     except UserInputError:
         return _divergent_delta(src, ctx, start, end)
+    except SnapshotExpiredError:
+        return _two_point_delta(src, ctx, start, end)
     pk = st.primary_keys
     deleted: list[tuple[int, pa.Table]] = []
     for sid in chain:
@@ -104,7 +107,30 @@ def common_ancestor(src: Source, a: int, b: int) -> int:
     return a
 
 
+def _two_point_delta(src: Source, ctx: Ctx, start: int, end: int) -> Delta:
+    """The change between two snapshots whose path was (partly) expired: compared by
+    key from the index files they do not share. Needs ``start``'s file list: when it
+    was expired too, ``SnapshotExpiredError`` tells the caller to start afresh."""
+    from .keydiff import row_changes
+
+    st = src.storage
+    if start in expired(st.head()):
+        raise SnapshotExpiredError(f"{st.name}: snapshot {start} was expired")
+    ch = row_changes(st, start, end)
+    keys = merge_deletes([ch.old.select(st.primary_keys), ch.new.select(st.primary_keys)])
+    if not keys:
+        return Delta()
+    return Delta(deletes=keys, adds=[Rows(t) for t in slices(ch.new, ctx.part_rows or 1 << 20)])
+
+
 def _divergent_delta(src: Source, ctx: Ctx, start: int, end: int) -> Delta:
+    try:
+        return _divergent_chains(src, ctx, start, end)
+    except SnapshotExpiredError:
+        return _two_point_delta(src, ctx, start, end)
+
+
+def _divergent_chains(src: Source, ctx: Ctx, start: int, end: int) -> Delta:
     st = src.storage
     pk = st.primary_keys
     base = common_ancestor(src, start, end)

@@ -30,6 +30,7 @@ from spacefs.engine.catalog import validate_name
 from spacefs.engine.errors import SpaceError
 from spacefs.engine.log import Entry
 from spacefs.engine.records import RecordReader
+from spacefs.engine.retention import expired
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
 
 from .recread import RecordFiles
@@ -318,6 +319,8 @@ class Tree:
                 st = self.state(ds, io)  # (a new one if the dataset was re-created)
                 if sid > st.head.last_snapshot_id:
                     raise _enoent(name)
+            if sid in expired(st.head):
+                raise _enoent(name)
             return Node(VER, ds, sid, inc=parent.inc)
         if k in (TAGS, BRANCHES):
             refs = self.state(ds, io).head.tags if k == TAGS else self.state(ds, io).head.branches
@@ -371,7 +374,11 @@ class Tree:
         if k == DS:
             return [(n, Node(n, ds, inc=self._inc(ds))) for n in (VERSIONS, TAGS, BRANCHES, CURRENT)]
         if k == VERSIONS:
-            n, inc = self.state(ds, io).head.last_snapshot_id + 1, node.inc
+            head, inc = self.state(ds, io).head, node.inc
+            n, gone = head.last_snapshot_id + 1, expired(head)
+            if gone:  # expiry leaves holes: list the live ids
+                live = [i for i in range(n) if i not in gone]
+                return _Seq(len(live), lambda i: (str(live[i]), Node(VER, ds, live[i], inc=inc)))
             return _Seq(n, lambda i: (str(i), Node(VER, ds, i, inc=inc)))
         if k in (TAGS, BRANCHES):
             head = self.state(ds, io).head
@@ -555,6 +562,10 @@ class Tree:
         if old.branches.get(DEFAULT_BRANCH) != head.branches.get(DEFAULT_BRANCH):
             out.append(Invalidation(ds_node, CURRENT))
         out += [Invalidation(ds_node), Invalidation(Node(VERSIONS, name, inc=inc))]
+        was, now_gone = expired(old), expired(head)
+        if now_gone.ranges != was.ranges:  # expiry: the kernel must forget those versions
+            out += [Invalidation(Node(VERSIONS, name, inc=inc), str(sid)) for a, b in now_gone.ranges
+                    for sid in range(a, b + 1) if sid not in was]
         if old.settings.get("file_layout") != head.settings.get("file_layout"):
             for sid in range(head.last_snapshot_id + 1):
                 v = Node(VER, name, sid, inc=st.inc)

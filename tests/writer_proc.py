@@ -35,6 +35,9 @@ def main() -> None:
     elif op == "delete":  # delete ID
         r.delete(f"id = {int(sys.argv[3])}")
         print("done", flush=True)
+    elif op == "merge":  # merge SOURCE INTO ON_CONFLICT
+        res = ds.merge(sys.argv[3], into=sys.argv[4], on_conflict=sys.argv[5])
+        print(res.state.name, res.snapshot_id, flush=True)
     else:
         raise SystemExit(f"unknown op {op}")
 

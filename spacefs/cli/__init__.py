@@ -126,7 +126,7 @@ def main(verbose: bool, quiet: bool) -> None:
 def _register() -> None:
     import importlib
 
-    for mod in ("engine_cmds", "mount_cmds", "view_cmds", "io_cmds", "write_cmds"):
+    for mod in ("engine_cmds", "mount_cmds", "view_cmds", "io_cmds", "write_cmds", "vcs_cmds"):
         try:
             importlib.import_module(f"spacefs.cli.{mod}")
         except ModuleNotFoundError as e:

@@ -26,6 +26,7 @@ import pyarrow as pa
 from spacefs.cli import echo_json, main, note, quiet
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.errors import NotFoundError, UserInputError
+from spacefs.engine.retention import expired
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -196,6 +197,8 @@ def log_cmd(dataset: str, branch: str | None, limit: int | None, as_json: bool) 
     else:
         last = head.last_snapshot_id
         ids = list(range(last, max(-1, last - limit) if limit else -1, -1))
+    gone = expired(head)
+    ids = [sid for sid in ids if sid not in gone]
     names = ref_names(st)
     width = len(str(ids[0])) if ids else 1
     docs = []
@@ -300,7 +303,8 @@ def _row_text(row: dict[str, Any], record_fields: Sequence[str]) -> str:
               help="Rows shown per snapshot and change type (0: all).")
 @click.option("--summary", "-s", is_flag=True, help="Only count deleted and added rows per snapshot.")
 def diff_cmd(dataset: str, from_version: str, to_version: str, limit: int, summary: bool) -> None:
-    """Show what changed from FROM to TO (TO must descend from FROM), snapshot by snapshot.
+    """Show what changed from FROM to TO: snapshot by snapshot when TO descends from FROM,
+    otherwise (other branch, older version) as one change that turns FROM into TO.
 
     Deleted rows (their keys) print as '-' lines before added rows as '+' lines; record
     fields print as their size.

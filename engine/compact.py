@@ -1,0 +1,133 @@
+"""Compaction: the same rows in fewer, larger index and record files.
+
+Many small writes leave many small files (each ArrayRecord file carries a 64 KiB
+postscript block, each Parquet file its footer); deletes and upserts leave record files
+whose records are partly dead. Compaction reads the branch head's rows once and writes
+them as large files, in one snapshot whose new index files are marked ``rewrite``: the
+snapshot changes no row, so its per-snapshot diff is empty and materialized views skip
+it. Old files stay for older snapshots until ``expire_snapshots`` drops those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .manifest import INDEX, RECORD
+from .options import FileOptions
+from .reads import resolve_records
+from .records import RecordReader
+from .storage import Plan, Storage
+from .types import JobResult
+from .writes import FileWriter
+
+# Rows are written in groups of about this many record bytes: one record file per
+# field per group, large enough that per-file overhead vanishes, small enough to
+# stream without holding the dataset in memory.
+GROUP_BYTES = 512 << 20
+
+
+def compact(storage: Storage, branch: str, file_options: FileOptions | None = None) -> JobResult:
+    st = storage
+    options = file_options or FileOptions()
+
+    def plan(base: int) -> Plan | None:
+        if compacted(st, base):
+            return None
+        writer = FileWriter(st, options)
+        p = Plan()
+        try:
+            for group in _groups(st, base, options.max_index_rows):
+                for e in writer.write(group):
+                    p.added.append({**e, "rewrite": True} if e["kind"] == INDEX else e)
+        except BaseException:
+            writer.cleanup()
+            raise
+        p.temp_files += writer.written
+        live = st.live_files(base)
+        p.removed = live.filter(pc.equal(live.column("kind"), INDEX)).to_pylist()
+        return p
+
+    return JobResult.from_snapshot(st, st.commit_snapshot(branch, "compact", plan))
+
+
+def compacted(st: Storage, sid: int) -> bool:
+    """Nothing to gain: one index file, one record file per field, all of it live."""
+    live = st.live_files(sid)
+    kinds = live.column("kind")
+    idx = live.filter(pc.equal(kinds, INDEX))
+    rec = live.filter(pc.equal(kinds, RECORD))
+    if idx.num_rows > 1 or rec.num_rows > len(st.record_fields):
+        return False
+    rows = sum(idx.column("rows").to_pylist())
+    return all(r == rows for r in rec.column("rows").to_pylist())
+
+
+def _groups(st: Storage, sid: int, max_rows: int) -> Iterator[pa.Table]:
+    """The rows of snapshot ``sid``, records resolved, in groups of about GROUP_BYTES.
+
+    Index files of a group are scanned as one dataset and their records fetched in one
+    batch: with many small files the per-file cost, not the bytes, dominates.
+    """
+    live = st.live_files(sid)
+    rec = live.filter(pc.equal(live.column("kind"), RECORD))
+    rec_bytes = dict(zip(rec.column("path").to_pylist(), rec.column("bytes").to_pylist(), strict=True))
+    entries = live.filter(pc.equal(live.column("kind"), INDEX)).select(["path", "rows", "record_files"]).to_pylist()
+    group: list[str] = []
+    rows = nbytes = 0
+    reader = RecordReader(st.location)
+    try:
+        for i, e in enumerate(entries):
+            group.append(st.full_path(e["path"]))
+            rows += e["rows"]
+            # A record file shared by several index files counts for each: groups err small.
+            nbytes += sum(rec_bytes.get(f, 0) for f in e["record_files"] or ())
+            if rows >= max_rows or nbytes >= GROUP_BYTES or i == len(entries) - 1:
+                t = _read_index(st, group)
+                for part in _by_bytes(st, t):
+                    yield resolve_records(st, part, reader)
+                group, rows, nbytes = [], 0, 0
+    finally:
+        reader.close()  # one descriptor per small file: never keep them past the scan
+
+
+def _read_index(st: Storage, paths: list[str]) -> pa.Table:
+    """The rows of many index files at once. DuckDB opens a list of small Parquet files
+    several times faster than Arrow's dataset scanner (measured: 70 ms vs 490 ms for
+    1,000 one-row files); Arrow reads when DuckDB cannot give back the exact schema."""
+    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
+
+    if len(paths) >= 16:
+        try:
+            import duckdb
+
+            con = duckdb.connect()
+            try:
+                listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+                t = con.sql(f"SELECT * FROM read_parquet([{listed}])").to_arrow_table()
+            finally:
+                con.close()
+            return t.cast(st.index_schema)
+        except (duckdb.Error, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError):
+            pass
+    return pds.dataset(paths, schema=st.index_schema, format="parquet").to_table()
+
+
+def _by_bytes(st: Storage, t: pa.Table) -> Iterator[pa.Table]:
+    """Slices of ``t`` whose records add up to about GROUP_BYTES (memory stays flat)."""
+    if not st.record_fields or t.num_rows == 0:
+        yield t
+        return
+    sizes = np.zeros(t.num_rows, dtype=np.int64)
+    for n in st.record_fields:
+        sizes += pc.fill_null(t.column(n).combine_chunks().field("size"), 0).to_numpy(zero_copy_only=False)
+    cum = np.cumsum(sizes)
+    start = 0
+    while start < t.num_rows:
+        base = cum[start - 1] if start else 0
+        end = max(int(np.searchsorted(cum, base + GROUP_BYTES, side="right")), start + 1)
+        yield t.slice(start, end - start)
+        start = end
