@@ -91,7 +91,8 @@ class FileWriter:
         rel = f"data/index/{uuid.uuid4().hex}.parquet"
         self.written.append(rel)
         pq.write_table(index, self._path(rel), compression=self.options.parquet_compression,
-                       use_dictionary=self._dictionary_columns())
+                       use_dictionary=self._dictionary_columns(),
+                       row_group_size=max(1, self.options.index_row_group_rows))
         self._sync(rel)
         failpoints.hit("write:after_data")
         nbytes = os.path.getsize(self._path(rel))
