@@ -231,7 +231,7 @@ class RowRemover:
     def _read_whole(self, path: str) -> pa.Table:
         """An index file, columns stored as dictionaries decoded as such (much cheaper
         than building every string) and cast back to the dataset's types after filtering."""
-        return pq.read_table(path, read_dictionary=self.writer._dictionary_columns())
+        return pq.read_table(path, read_dictionary=self.writer._dictionary_columns(), use_threads=False)
 
     def remove(self, base: int, prune: pc.Expression | None, mask_fn, plan: Plan,
                mask_columns: list[str] | None = None) -> int:
@@ -242,7 +242,9 @@ class RowRemover:
 
         def probe(entry: dict[str, Any]) -> tuple[dict[str, Any], pa.Table, pa.Table] | None:
             path = st.full_path(entry["path"])
-            t = pq.read_table(path, columns=mask_columns, schema=None if mask_columns else st.index_schema)
+            # One thread per file: files are probed in parallel already.
+            t = pq.read_table(path, columns=mask_columns, schema=None if mask_columns else st.index_schema,
+                              use_threads=False)
             mask = mask_fn(t)
             n = int(mask.sum())
             if n == 0:
