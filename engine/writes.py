@@ -322,6 +322,9 @@ def plan_partial_upsert(storage: Storage, writer: FileWriter, keys: pa.Table, in
         rows = index.select(pk).append_column("__row", pa.array(np.arange(index.num_rows, dtype=np.int64)))
         found = stored.select(pk).append_column("__at", pa.array(np.arange(stored.num_rows, dtype=np.int64)))
         joined = rows.join(found, keys=pk, join_type="left outer").sort_by("__row")
+        if joined.num_rows > index.num_rows:  # a key stored twice (appends do not check keys)
+            _, first = np.unique(joined.column("__row").to_numpy(), return_index=True)
+            joined = joined.take(pa.array(first))
         at = joined.column("__at")
         if at.null_count:
             new = joined.filter(pc.is_null(at)).select(pk)

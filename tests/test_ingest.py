@@ -134,3 +134,13 @@ def test_partial_upsert_with_some_record_fields(tmp_path):
     changes = list(r.diff(2, 3))
     assert [c.change_type.name for c in changes] == ["DELETE", "ADD"]
     assert changes[1].data.to_pydict() == {"id": [1], "label": ["AA"], "image": [None], "mask": [b"M1"]}
+
+
+def test_partial_upsert_of_a_key_stored_twice(ds):
+    r = ds.local()
+    r.append(rows(range(3)))
+    r.append(rows([1], tag="-again"))  # append does not check keys
+    r.upsert({"id": [1], "image_name": ["one"]})
+    got = r.read_all().sort_by("id").to_pydict()
+    assert got["id"] == [0, 1, 2] and got["image_name"] == ["0.jpg", "one", "2.jpg"]
+    assert got["feature"][1] in (b"data1", b"data1-again")
