@@ -224,7 +224,7 @@ class RowRemover:
     def __init__(self, storage: Storage, writer: FileWriter):
         self.storage = storage
         self.writer = writer
-        # The removed rows as probed (``mask_columns``) after ``remove``: a partial upsert
+        # The removed rows (key and ``keep_columns``) after ``remove``: a partial upsert
         # takes the stored references of the fields it omits from them.
         self.removed_rows: pa.Table | None = None
 
@@ -234,11 +234,14 @@ class RowRemover:
         return pq.read_table(path, read_dictionary=self.writer._dictionary_columns(), use_threads=False)
 
     def remove(self, base: int, prune: pc.Expression | None, mask_fn, plan: Plan,
-               mask_columns: list[str] | None = None) -> int:
+               mask_columns: list[str] | None = None, keep_columns: Sequence[str] = ()) -> int:
         """Remove rows where ``mask_fn`` is true; it sees only ``mask_columns`` first, and
-        a file is read whole only when it holds a row to remove (all columns when None)."""
+        a file is read whole only when it holds a row to remove (all columns when None).
+        ``removed_rows`` then holds the key and ``keep_columns`` of the removed rows."""
         st = self.storage
         pk = st.primary_keys
+        gone_columns = list(dict.fromkeys([*pk, *keep_columns]))
+        gone_schema = pa.schema([st.index_schema.field(n) for n in gone_columns])
 
         def probe(entry: dict[str, Any]) -> tuple[dict[str, Any], pa.Table, pa.Table] | None:
             path = st.full_path(entry["path"])
@@ -249,15 +252,17 @@ class RowRemover:
             n = int(mask.sum())
             if n == 0:
                 return None
-            keep = pa.array(~mask)
-            if mask_columns is not None and all(k in mask_columns for k in pk):
-                gone = t.filter(pa.array(mask))
+            whole = None
+            if n < t.num_rows:
+                whole = t if mask_columns is None else self._read_whole(path)
+            if all(c in t.column_names for c in gone_columns):
+                src = t
             else:
-                gone = pq.read_table(path, columns=pk).filter(pa.array(mask))
-            if n == t.num_rows:
+                src = whole if whole is not None else pq.read_table(path, columns=gone_columns)
+            gone = src.select(gone_columns).filter(pa.array(mask)).cast(gone_schema)
+            if whole is None:
                 return entry, gone, st.index_schema.empty_table()
-            whole = t if mask_columns is None else self._read_whole(path)
-            return entry, gone, whole.filter(keep).cast(st.index_schema)
+            return entry, gone, whole.filter(pa.array(~mask)).cast(st.index_schema)
 
         entries = st.index_entries(base, prune)
         with ThreadPoolExecutor(REWRITE_THREADS) as ex:
@@ -315,7 +320,8 @@ def plan_partial_upsert(storage: Storage, writer: FileWriter, keys: pa.Table, in
     plan = Plan(added=[])
     remover = RowRemover(st, writer)
     try:
-        remover.remove(base, key_filter(keys), lambda t: key_mask(t, keys), plan, mask_columns=pk + missing)
+        remover.remove(base, key_filter(keys), lambda t: key_mask(t, keys), plan, mask_columns=pk,
+                       keep_columns=missing)
         stored = remover.removed_rows
         if stored is None:
             stored = pa.schema([st.index_schema.field(n) for n in pk + missing]).empty_table()
