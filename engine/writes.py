@@ -8,6 +8,7 @@ re-planned if a concurrent writer moved the branch.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -107,7 +108,8 @@ class FileWriter:
         self.written.append(rel)
         pq.write_table(index, self._path(rel), compression=self.options.parquet_compression,
                        use_dictionary=self._dictionary_columns(),
-                       row_group_size=max(1, self.options.index_row_group_rows))
+                       row_group_size=max(1, self.options.index_row_group_rows),
+                       write_statistics=_stats_columns(self.storage.index_schema, tuple(self.storage.record_fields)))
         self._sync(rel)
         failpoints.hit("write:after_data")
         nbytes = os.path.getsize(self._path(rel))
@@ -143,6 +145,16 @@ class FileWriter:
             except FileNotFoundError:
                 pass
         self.written.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_columns(index_schema: pa.Schema, record_fields: tuple[str, ...]) -> list[str]:
+    """Parquet leaf columns of the index fields: statistics serve row-group pruning,
+    and no filter ever looks at a reference (skipping them saves ~10% of a write)."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(index_schema.empty_table(), buf)
+    paths = [c.path for c in pq.ParquetFile(pa.BufferReader(buf.getvalue())).schema]
+    return [p for p in paths if p.split(".", 1)[0] not in record_fields]
 
 
 def _repeat(text: str, n: int) -> pa.Array:
