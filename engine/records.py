@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from . import arwriter
 from .sparse import punch_zero_pages
 
 BLOCK = 1 << 16
@@ -141,7 +142,9 @@ def scan_offsets(path: str, sizes: np.ndarray) -> np.ndarray | None:
 def write_records(path: str, values: pa.Array, options: str = "") -> np.ndarray:
     """Write ``values`` (binary) as one ArrayRecord file; return each record's offset.
 
-    Offsets are -1 when the file's chunks are compressed.
+    Offsets are -1 when the file's chunks are compressed. The default (uncompressed)
+    layout is written straight from the Arrow buffers (``arwriter``); explicit writer
+    options go through ``ArrayRecordWriter``.
     """
     n = len(values)
     nbytes = values.buffers()[2].size if n and values.buffers()[2] is not None else 0
@@ -149,6 +152,8 @@ def write_records(path: str, values: pa.Array, options: str = "") -> np.ndarray:
     group = max(1, min(MAX_GROUP, TARGET_CHUNK_BYTES // avg))
     # Uncompressed chunks of about TARGET_CHUNK_BYTES; the writer's own thread pool
     # overlaps file writes with our calls (measured faster on disk than one thread).
+    if not options and arwriter.writer_available():
+        return arwriter.write_uncompressed(path, values, group)
     opts = options or f"group_size:{group},uncompressed"
     writer = ArrayRecordWriter(path, opts)
     try:

@@ -25,6 +25,7 @@ from .writes import (
     iter_tables,
     plan_delete,
     plan_insert,
+    plan_partial_upsert,
     plan_upsert,
 )
 
@@ -95,15 +96,39 @@ class LocalRunner:
                             message)
 
     def upsert(self, data: Any, *, message: str | None = None) -> JobResult:
-        """Add rows, replacing every stored row with the same key."""
-        writer, entries, keys = self._keyed(data, "upsert")
-        return self._commit("upsert", writer, lambda base: plan_upsert(self.storage, writer, keys, entries, base) if entries else None,
-                            message)
+        """Add rows, replacing every stored row with the same key.
+
+        Rows may leave out record fields (all rows alike): they then update stored keys
+        only, keeping those keys' stored records by reference (a relabel round resends
+        no image). A key that is not stored yet needs every field.
+        """
+        st = self.storage
+        what = f"{st.name}: upsert"
+        tables = list(iter_tables(data, st.schema, what, optional=st.record_fields))
+        if len({tuple(t.column_names) for t in tables}) > 1:
+            raise SchemaError(f"{what}: every batch must carry the same fields")
+        if not tables or tables[0].num_columns == len(st.schema):
+            writer, entries, keys = self._keyed_table(tables, st.schema, what)
+            return self._commit("upsert", writer, lambda base: plan_upsert(st, writer, keys, entries, base) if entries else None,
+                                message)
+        table = pa.concat_tables(tables)
+        keys = check_unique_keys(table, st.primary_keys, what)
+        writer = FileWriter(st, self.file_options)
+        try:
+            index, entries = writer.write_records(table) if table.num_rows else (table, [])
+        except BaseException:
+            writer.cleanup()
+            raise
+        return self._commit("upsert", writer, lambda base: plan_partial_upsert(st, writer, keys, index, entries, base)
+                            if table.num_rows else None, message)
 
     def _keyed(self, data: Any, what: str) -> tuple[FileWriter, list[dict[str, Any]], pa.Table]:
-        tables = list(iter_tables(data, self.storage.schema, f"{self.storage.name}: {what}"))
-        table = pa.concat_tables(tables) if tables else self.storage.schema.empty_table()
-        keys = check_unique_keys(table, self.storage.primary_keys, f"{self.storage.name}: {what}")
+        what = f"{self.storage.name}: {what}"
+        return self._keyed_table(list(iter_tables(data, self.storage.schema, what)), self.storage.schema, what)
+
+    def _keyed_table(self, tables: list[pa.Table], schema: pa.Schema, what: str) -> tuple[FileWriter, list[dict[str, Any]], pa.Table]:
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        keys = check_unique_keys(table, self.storage.primary_keys, what)
         writer, entries = self._write_tables([table])  # already conformed: no second check
         return writer, entries, keys
 

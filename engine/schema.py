@@ -148,8 +148,15 @@ def schema_from_json(doc: dict[str, Any]) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(doc["arrow"])))
 
 
-def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
-    """Cast ``table`` to ``schema``: same fields, in order, with a clear error otherwise."""
+def conform(table: pa.Table, schema: pa.Schema, what: str, optional: Sequence[str] = ()) -> pa.Table:
+    """Cast ``table`` to ``schema``: same fields, in order, with a clear error otherwise.
+
+    Fields named in ``optional`` may be left out: the result then has ``schema`` less them
+    (a partial upsert keeps the stored records of the fields it omits).
+    """
+    absent = [n for n in optional if n in schema.names and n not in table.column_names]
+    if absent:
+        schema = pa.schema([f for f in schema if f.name not in absent])
     missing = [n for n in schema.names if n not in table.column_names]
     extra = [n for n in table.column_names if n not in schema.names]
     if missing or extra:
@@ -179,7 +186,7 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def to_table(data: Any, schema: pa.Schema, what: str) -> pa.Table:
+def to_table(data: Any, schema: pa.Schema, what: str, optional: Sequence[str] = ()) -> pa.Table:
     """Accept a dict of lists, a Table, a RecordBatch (or a list of dict rows)."""
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
@@ -202,13 +209,15 @@ def to_table(data: Any, schema: pa.Schema, what: str) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise SchemaError(f"{what}: data does not match the schema: {e}") from None
     elif isinstance(data, list) and (not data or isinstance(data[0], dict)):
+        present = set().union(*data) if optional else set(schema.names)
+        rows_schema = pa.schema([f for f in schema if f.name in present or f.name not in optional])
         try:
-            data = pa.Table.from_pylist(data, schema=_storage_schema(schema))
+            data = pa.Table.from_pylist(data, schema=_storage_schema(rows_schema))
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
             raise SchemaError(f"{what}: data does not match the schema: {e}") from None
     if not isinstance(data, pa.Table):
         raise SchemaError(f"{what}: expected a dict of lists, a pyarrow Table or RecordBatch, got {type(data).__name__}")
-    return conform(data, schema, what)
+    return conform(data, schema, what, optional)
 
 
 def _storage_schema(schema: pa.Schema) -> pa.Schema:

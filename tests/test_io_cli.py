@@ -104,3 +104,21 @@ def test_cli_progress_bar_on_a_terminal(tmp_path):
     assert code == 0, text
     assert "import ds:" in text and "/1.00k [" in text, text  # the bar, cleared when done
     assert "imported 1000 rows" in text
+
+
+def test_cli_upsert_of_labels_only_keeps_the_images(tmp_path):
+    t = pa.table({"id": [1, 2, 3], "label": ["a", "b", "a"], "image": [b"x", b"yy", b"zzz"]})
+    pq.write_table(t, tmp_path / "in.parquet")
+    assert spacefs("import", "parquet", tmp_path / "in.parquet", tmp_path / "ds", "-k", "id", "-r", "image").returncode == 0
+    pq.write_table(pa.table({"id": [3, 1], "label": ["c", "d"]}), tmp_path / "labels.parquet")
+    p = spacefs("import", "parquet", tmp_path / "labels.parquet", tmp_path / "ds", "--mode", "upsert")
+    assert p.returncode == 0, p.stderr
+    got = Dataset.load(str(tmp_path / "ds")).local().read_all().sort_by("id").to_pydict()
+    assert got == {"id": [1, 2, 3], "label": ["d", "b", "c"], "image": [b"x", b"yy", b"zzz"]}
+    # Without the images, rows of new keys cannot be made; append and insert need every field.
+    pq.write_table(pa.table({"id": [9], "label": ["z"]}), tmp_path / "new.parquet")
+    assert_one_line_error(spacefs("import", "parquet", tmp_path / "new.parquet", tmp_path / "ds", "--mode", "upsert"),
+                          "not stored", "'id': 9")
+    assert_one_line_error(spacefs("import", "parquet", tmp_path / "new.parquet", tmp_path / "ds", "--mode", "insert"),
+                          "missing ['image']")
+    assert Dataset.load(str(tmp_path / "ds")).storage.head().last_snapshot_id == 2

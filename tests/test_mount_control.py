@@ -13,6 +13,7 @@ import tempfile
 import textwrap
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from mount_util import PYTHON, image_bytes, make_catalog, mounted, rows, wait_for
 
@@ -95,6 +96,22 @@ def test_client_api_round_trip(live):
     assert open(os.path.join(pets, "current", "rows", "100", "label")).read() == "lion"
     assert not os.path.exists(os.path.join(pets, "current", "rows", "300"))
     assert open(os.path.join(pets, "branches", "exp", "rows", "300", "image"), "rb").read() == image_bytes(300)
+
+
+def test_relabel_over_the_socket_sends_no_images(live):
+    c, ds, mnt = live
+    with spacefs.connect(mnt) as cl:
+        # Every index field, no image: the stored images stay.
+        relabel = {k: v for k, v in rows([5, 6], label_of=lambda i: "tiger").items() if k != "image"}
+        cl.upsert("pets", pa.table(relabel).cast(ds.schema.remove(ds.schema.get_field_index("image"))))
+        seq = ds.storage.log.head_seq()
+        unknown = {k: v for k, v in rows([7, 5000]).items() if k != "image"}
+        with pytest.raises(errors.SchemaError, match="not stored"):
+            cl.upsert("pets", unknown)
+        assert ds.storage.log.head_seq() == seq
+    got = ds.local().read_all(filter_=pc.field("id").isin([5, 6, 7])).sort_by("id")
+    assert got.column("label").to_pylist() == ["tiger", "tiger", rows([7])["label"][0]]
+    assert got.column("image").to_pylist() == [image_bytes(i) for i in (5, 6, 7)]
 
 
 def test_refresh_of_a_materialized_view(live):

@@ -78,7 +78,8 @@ def import_parquet(src: str | Sequence[str], location: str, primary_keys: Sequen
     schema = source_schema(files)
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
-    with import_target(location, schema, primary_keys, record_fields, f"Parquet {files[0]}") as (ds, created):
+    with import_target(location, schema, primary_keys, record_fields, f"Parquet {files[0]}",
+                       omit_records=mode == "upsert") as (ds, created):
         def tables() -> Iterator[pa.Table]:
             for f in files:
                 try:

@@ -62,9 +62,15 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def check_fields(ds: Dataset, schema: pa.Schema, source: str) -> None:
-    """Refuse data whose fields differ from an existing dataset's (a schema clash)."""
+def check_fields(ds: Dataset, schema: pa.Schema, source: str, omit_records: bool = False) -> None:
+    """Refuse data whose fields differ from an existing dataset's (a schema clash).
+
+    With ``omit_records`` (an upsert) the data may leave out record fields: stored keys
+    then keep their records.
+    """
     have, want = set(schema.names), set(ds.schema.names)
+    if omit_records:
+        want -= set(ds.record_fields) - have
     if have != want:
         parts = []
         if want - have:
@@ -90,13 +96,13 @@ def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
 @contextmanager
 def import_target(location: str, schema: pa.Schema, primary_keys: Sequence[str] | None,
                   record_fields: Sequence[str] | None, source: str,
-                  file_layout: dict[str, str] | None = None) -> Iterator[tuple[Dataset, bool]]:
+                  file_layout: dict[str, str] | None = None, omit_records: bool = False) -> Iterator[tuple[Dataset, bool]]:
     """Yield ``(dataset, created)``: the existing dataset (fields checked against
     ``schema``), or a new one made from ``schema`` that is removed again on failure."""
     location = os.path.abspath(str(location))
     if is_dataset(location):
         ds = Dataset.load(location)
-        check_fields(ds, schema, source)
+        check_fields(ds, schema, source, omit_records)
         if primary_keys and list(primary_keys) != ds.primary_keys:
             raise SchemaError(f"schema clash: dataset {location} has primary key {ds.primary_keys}, not {list(primary_keys)}")
         if record_fields and sorted(record_fields) != sorted(ds.record_fields):
