@@ -150,10 +150,12 @@ def write_records(path: str, values: pa.Array, options: str = "") -> np.ndarray:
     nbytes = values.buffers()[2].size if n and values.buffers()[2] is not None else 0
     avg = max(nbytes // max(n, 1), 1)
     group = max(1, min(MAX_GROUP, TARGET_CHUNK_BYTES // avg))
+    if not options and arwriter.writer_available():
+        offsets = arwriter.write_uncompressed(path, values, group)
+        punch_zero_pages(path)  # a small file's 64 KiB padding costs no disk
+        return offsets
     # Uncompressed chunks of about TARGET_CHUNK_BYTES; the writer's own thread pool
     # overlaps file writes with our calls (measured faster on disk than one thread).
-    if not options and arwriter.writer_available():
-        return arwriter.write_uncompressed(path, values, group)
     opts = options or f"group_size:{group},uncompressed"
     writer = ArrayRecordWriter(path, opts)
     try:
