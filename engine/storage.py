@@ -9,6 +9,7 @@ import re
 import shutil
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .errors import (
 from .filters import Filter, stats_guarantee, to_expression
 from .log import Entry, MetadataLog
 from .manifest import INDEX, RECORD, ManifestStore, manifest_schema, removal
+from .recordpool import POOL
 
 FORMAT = "spacefs/1"
 DEFAULT_BRANCH = "main"
@@ -88,6 +90,24 @@ class Storage:
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._live: OrderedDict[int, pa.Table] = OrderedDict()
         self._lock = threading.Lock()
+        # Open record files belong to the process-wide pool; this Storage is one of the
+        # dataset's owners there: the last owner to go (closed or collected) closes them.
+        self._closer = weakref.finalize(self, POOL.detach, POOL.attach(self.location))
+
+    def close(self) -> None:
+        """Release what this handle holds: its caches and its claim on the open record
+        files of the dataset (closed when no other handle of it is left). Idempotent;
+        garbage collection does the same for a handle never closed."""
+        self._closer()
+        with self._lock:
+            self._snapshots.clear()
+            self._live.clear()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def name(self) -> str:

@@ -141,20 +141,15 @@ class Applied(Part):
 
 
 # -- resolving references -------------------------------------------------------
-_readers: dict[str, RecordReader] = {}
 _storages: dict[str, tuple[tuple[int, int], Storage]] = {}
 _cache_lock = threading.Lock()
 
 
 def record_reader(location: str) -> RecordReader:
-    """One reader per dataset per process: it keeps file descriptors open."""
-    with _cache_lock:
-        r = _readers.get(location)
-        if r is None:
-            if len(_readers) >= 64:
-                _readers.pop(next(iter(_readers))).close()
-            r = _readers[location] = RecordReader(location)
-        return r
+    """A reader of the dataset at ``location``. Readers hold nothing: open files live in
+    the process-wide ``recordpool.POOL``, which closes an evicted file only once the
+    last read of it is done."""
+    return RecordReader(location)
 
 
 def open_storage(location: str) -> Storage:

@@ -30,7 +30,6 @@ from spacefs.engine.log import Entry
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
 
-from .recread import RecordFiles
 from .snapshot import RowNames, SnapshotView
 
 # Node kinds.
@@ -42,6 +41,7 @@ DIR, REG, LINK = "dir", "file", "link"
 _DIRS = {ROOT, DS, VERSIONS, TAGS, BRANCHES, VER, INDEX, ROWS, ROW, FILES}
 _LINKS = {CURRENT, TAG, BRANCH}
 VIEW_CACHE = 16
+LOCK_STRIPES = 64
 
 
 class NeedsIO(Exception):
@@ -84,7 +84,6 @@ class _DsState:
     head: Entry
     seq: int
     reader: RecordReader
-    files: RecordFiles
     layout_gen: int = 0
     snap_ns: dict[int, int] = field(default_factory=dict)
     dir_attrs: dict[int, Attr] = field(default_factory=dict)
@@ -96,6 +95,10 @@ class _DsState:
     @property
     def head_ns(self) -> int:
         return _ns(self.head.doc.get("time"))
+
+    def close(self) -> None:
+        """The tree no longer serves this dataset: give back its open record files."""
+        self.storage.close()
 
 
 def _ns(iso: str | None) -> int:
@@ -151,7 +154,9 @@ class Tree:
         self.start_ns = time.time_ns()
         self._states: dict[str, _DsState] = {}
         self._views: dict[tuple[str, int, int], SnapshotView] = {}
-        self._locks: dict[Any, threading.Lock] = {}
+        # Striped build locks: a fixed set however many snapshots are served (no method
+        # holds one key lock while taking another, so two keys sharing a stripe only wait).
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._lock = threading.Lock()
         self._seen: set[str] = set(self._list_datasets()) if self.catalog else set()
 
@@ -169,11 +174,28 @@ class Tree:
         return out
 
     def _key_lock(self, key: Any) -> threading.Lock:
+        return self._locks[hash(key) % LOCK_STRIPES]
+
+    def _drop(self, name: str) -> None:
+        """Forget dataset ``name`` (deleted, moved, or the tree closing): its views go and
+        its state gives back what it holds."""
+        st = self._states.pop(name, None)
         with self._lock:
-            lk = self._locks.get(key)
-            if lk is None:
-                lk = self._locks[key] = threading.Lock()
-            return lk
+            for key in [k for k in self._views if k[0] == name]:
+                self._views.pop(key, None)
+        if st is not None:
+            st.close()
+
+    def close(self) -> None:
+        """Release every dataset's open files and caches. Idempotent."""
+        for name in list(self._states):
+            self._drop(name)
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def state(self, name: str, io: bool = True) -> _DsState:
         st = self._states.get(name)
@@ -196,7 +218,7 @@ class Tree:
                 except SpaceError:
                     raise _enoent(name) from None
                 head = storage.head()
-                st = _DsState(storage, head, head.seq, RecordReader(storage.location), RecordFiles(storage.location))
+                st = _DsState(storage, head, head.seq, RecordReader(storage.location))
                 self._states[name] = st
                 self._seen.add(name)
         return st
@@ -433,7 +455,7 @@ class Tree:
         if offset >= total:
             return b""
         st = self.state(node.ds, io)
-        data = v.read_record(st.files, st.reader, node.row, field_, offset, min(size, total - offset), io)
+        data = v.read_record(st.reader, node.row, field_, offset, min(size, total - offset), io)
         if data is None:
             raise NeedsIO  # not in the page cache: read it in a worker thread
         return data
@@ -478,7 +500,7 @@ class Tree:
             names = set(self._list_datasets())
             for gone in self._seen - names:
                 out.append(Invalidation(self.root, gone))
-                self._states.pop(gone, None)
+                self._drop(gone)
             if names != self._seen:
                 out.append(Invalidation(self.root))
             self._seen = names
@@ -487,7 +509,7 @@ class Tree:
                 out += self._refresh(name, st)
             except (OSError, SpaceError):
                 if self.catalog:  # the dataset was deleted or moved away
-                    self._states.pop(name, None)
+                    self._drop(name)
                     out.append(Invalidation(self.root, name))
         return out
 
