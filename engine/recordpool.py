@@ -28,6 +28,7 @@ import mmap
 import os
 import resource
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,7 +64,7 @@ def derive_cap(raise_soft: bool = True) -> int:
 class RecordHandle:
     """An open record file. Use it only while holding a lease (``RecordPool.lease``)."""
 
-    __slots__ = ("path", "root", "fd", "size", "ident", "_map", "_reader", "leases", "evicted")
+    __slots__ = ("path", "root", "fd", "size", "ident", "_map", "_reader", "leases", "evicted", "used")
 
     def __init__(self, path: str, root: str):
         self.path = path
@@ -75,6 +76,7 @@ class RecordHandle:
         self._reader: ArrayRecordReader | None = None
         self.leases = 0
         self.evicted = False
+        self.used = 0.0  # monotonic time of the last lease's end
 
     @property
     def cost(self) -> int:
@@ -226,6 +228,17 @@ class RecordPool:
                         self._trim((h,))
         return h._reader
 
+    def close_idle(self, older_than: float) -> int:
+        """Close the handles no one leased for ``older_than`` seconds; returns how many.
+        A long-running server calls this now and then, so the files of versions nobody
+        reads any more do not stay open until the budget pushes them out."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            idle = [h for h in self._handles.values() if h.leases == 0 and h.used < cutoff]
+            for h in idle:
+                self._evict(h)
+        return len(idle)
+
     # -- state -----------------------------------------------------------------
     def open_count(self) -> int:
         """Descriptors the pool holds now (in the LRU plus evicted but still leased)."""
@@ -243,6 +256,7 @@ class RecordPool:
     # -- internals (lock held) ----------------------------------------------------
     def _release(self, h: RecordHandle) -> None:
         h.leases -= 1
+        h.used = time.monotonic()
         if h.leases == 0 and h.evicted:
             self._doomed -= h.cost
             h._close()
