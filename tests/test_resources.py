@@ -186,3 +186,43 @@ def test_engine_workloads_under_a_256_descriptor_limit():
             f"{os.path.join(HERE, 'test_resources.py')!r}, {os.path.join(HERE, 'test_engine_reads.py')!r}]))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+# -- the mount daemon --------------------------------------------------------------------
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_mount_daemon_following_300_commits_stays_flat(tmp_path, monkeypatch):
+    """A daemon serving a dataset through 300 commits (made through its control socket)
+    while files of new and old versions are read: descriptors and memory level off."""
+    from mount_util import image_bytes, make_catalog, mounted
+    from mount_util import rows as pet_rows
+
+    import spacefs
+
+    monkeypatch.setenv("SPACEFS_IDLE_CLOSE", "1")  # files unread for 1 s are closed
+    cat, _ = make_catalog(str(tmp_path), n=10)
+    mnt = str(tmp_path / "mnt")
+    rnd = random.Random(7)
+    marks: dict[int, tuple[int, int]] = {}
+    with mounted(cat.location, mnt) as info, spacefs.connect(mnt) as client:
+        versions = os.path.join(mnt, "pets", "versions")
+        for i in range(300):
+            key = 1000 + i
+            sid = client.append("pets", pet_rows([key])).snapshot_id
+            with open(os.path.join(versions, str(sid), "rows", str(key), "image"), "rb") as f:
+                assert f.read() == image_bytes(key)
+            old = rnd.randrange(1, sid + 1)
+            k = rnd.randrange(10) if old == 1 else 1000 + old - 2
+            with open(os.path.join(versions, str(old), "rows", str(k), "image"), "rb") as f:
+                assert f.read() == image_bytes(k)
+            if i + 1 in (50, 300):
+                marks[i + 1] = (fds(info.pid), rss_kib(info.pid))
+    (f50, r50), (f300, r300) = marks[50], marks[300]
+    assert f300 <= f50 + SLACK, marks
+    assert r300 - r50 < 150 * 1024, marks
