@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import failpoints
+from . import format as fmt
 from .errors import CorruptionError, VersionNotFoundError
 
-SEQ_DIGITS = 12
+SEQ_DIGITS = fmt.SEQ_DIGITS
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class MetadataLog:
 
     def __init__(self, root: str, sync: bool = False):
         self.root = root
-        self.dir = os.path.join(root, "metadata", "log")
-        self.snap_dir = os.path.join(root, "metadata", "snapshots")
+        self.dir = os.path.join(root, fmt.LOG_DIR)
+        self.snap_dir = os.path.join(root, fmt.SNAPSHOTS_DIR)
         self.sync = sync
 
     # -- reading ---------------------------------------------------------------

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import failpoints
+from . import format as fmt
 from . import schema as sch
 from .errors import (
     AlreadyExistsError,
@@ -33,7 +34,7 @@ from .log import Entry, MetadataLog
 from .manifest import INDEX, RECORD, ManifestStore, manifest_schema, removal
 from .recordpool import POOL
 
-FORMAT = "spacefs/1"
+FORMAT = fmt.FORMAT
 DEFAULT_BRANCH = "main"
 MAX_COMMIT_ATTEMPTS = 64
 _REF_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
@@ -71,7 +72,7 @@ class Storage:
 
     def __init__(self, location: str):
         self.location = os.path.abspath(location)
-        path = os.path.join(self.location, "metadata", "dataset.json")
+        path = fmt.dataset_json(self.location)
         try:
             with open(path, "rb") as f:
                 self.meta = json.loads(f.read())
@@ -133,7 +134,7 @@ class Storage:
         record_fields = list(record_fields or [])
         sch.validate(schema, primary_keys, record_fields)
         location = os.path.abspath(location)
-        if os.path.exists(os.path.join(location, "metadata")):
+        if os.path.exists(os.path.join(location, fmt.METADATA)):
             raise AlreadyExistsError(f"a dataset already exists at {location}")
         if file_layout is not None:
             from .layout import validate_layout
@@ -143,7 +144,7 @@ class Storage:
         parent = os.path.dirname(location)
         os.makedirs(parent, exist_ok=True)
         staging = os.path.join(parent, f".{os.path.basename(location)}.creating-{os.getpid()}-{random.getrandbits(32):x}")
-        for d in ("metadata/log", "metadata/snapshots", "metadata/manifests", "metadata/changes", "data/index", "data/records"):
+        for d in fmt.DIRS:
             os.makedirs(os.path.join(staging, d))
         meta = {
             "format": FORMAT,
@@ -154,7 +155,7 @@ class Storage:
             "created": now(),
             **(extra or {}),
         }
-        with open(os.path.join(staging, "metadata", "dataset.json"), "wb") as f:
+        with open(fmt.dataset_json(staging), "wb") as f:
             f.write(sch.dumps(meta))
         for rel, data in (files or {}).items():
             path = os.path.normpath(os.path.join(staging, rel))
@@ -240,7 +241,7 @@ class Storage:
         return _prune(rows, expr, [stats_guarantee(r, names) for r in rows], self.index_schema, self.location)
 
     def full_path(self, rel: str) -> str:
-        return os.path.join(self.location, rel)
+        return fmt.data_path(self.location, rel)
 
     # -- commits ---------------------------------------------------------------
     def commit_refs(self, change: Callable[[Entry], dict[str, Any] | None], op: str) -> Entry | None:

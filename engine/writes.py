@@ -9,7 +9,6 @@ re-planned if a concurrent writer moved the branch.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import failpoints
+from . import format as fmt
 from . import schema as sch
 from .errors import PrimaryKeyExistsError
 from .filters import check_fields, referenced_fields, to_expression
@@ -67,7 +67,7 @@ class FileWriter:
             has_nulls = values.null_count > 0
             if has_nulls:
                 values = pc.if_else(valid, values, pa.scalar(b"", pa.binary()))
-            rel = f"data/records/{f.name}/{uuid.uuid4().hex}.array_record"
+            rel = fmt.new_record_file(f.name)
             os.makedirs(os.path.dirname(self._path(rel)), exist_ok=True)
             self.written.append(rel)
             offsets = write_records(self._path(rel), values, self.options.record_options)
@@ -88,7 +88,7 @@ class FileWriter:
     def write_index(self, index: pa.Table, rewrite_of: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write an index file. A rewrite (``rewrite_of`` the file it shrinks) keeps the
         parent's min/max and record-file list: still true bounds, and no recomputation."""
-        rel = f"data/index/{uuid.uuid4().hex}.parquet"
+        rel = fmt.new_index_file()
         self.written.append(rel)
         pq.write_table(index, self._path(rel), compression=self.options.parquet_compression,
                        use_dictionary=self._dictionary_columns())
@@ -226,7 +226,7 @@ class RowRemover:
         if not deleted:
             return 0
         keys = pa.concat_tables(deleted)
-        rel = f"metadata/changes/{uuid.uuid4().hex}.parquet"
+        rel = fmt.new_changes_file()
         pq.write_table(keys, st.full_path(rel))
         plan.deleted = rel
         plan.temp_files.append(rel)

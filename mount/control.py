@@ -23,6 +23,7 @@ import pyarrow as pa
 import trio
 
 from spacefs.engine import errors
+from spacefs.engine import format as fmt
 from spacefs.engine.catalog import DirCatalog, validate_name
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.storage import Storage
@@ -69,7 +70,7 @@ class ControlServer:
     def __init__(self, source: str, *, allow_other: bool = False, on_commit: Callable[[], None] | None = None,
                  max_payload: int = proto.MAX_PAYLOAD, threads: int = 4):
         self.source = os.path.abspath(source)
-        self.catalog = not os.path.isfile(os.path.join(self.source, "metadata", "dataset.json"))
+        self.catalog = not fmt.is_dataset(self.source)
         self.allow_other = allow_other
         self.on_commit = on_commit or (lambda: None)
         self.max_payload = max_payload
@@ -227,7 +228,7 @@ class ControlServer:
             return self.source
         validate_name(name)
         path = os.path.join(self.source, name)
-        if not os.path.isfile(os.path.join(path, "metadata", "dataset.json")):
+        if not fmt.is_dataset(path):
             raise errors.NotFoundError(f"catalog {self.source} has no dataset named {name!r}")
         return path
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from spacefs.engine import format as fmt
 from spacefs.engine.catalog import validate_name
 from spacefs.engine.errors import SpaceError
 from spacefs.engine.log import Entry
@@ -141,7 +142,7 @@ class Tree:
 
     def __init__(self, source: str):
         self.source = os.path.abspath(source)
-        if os.path.isfile(os.path.join(self.source, "metadata", "dataset.json")):
+        if fmt.is_dataset(self.source):
             self.catalog = False
             self.single = os.path.basename(self.source.rstrip("/"))
             self.root = Node(DS, self.single)
@@ -167,11 +168,7 @@ class Tree:
     def _list_datasets(self) -> list[str]:
         if not self.catalog:
             return [self.single]
-        out = []
-        for name in sorted(os.listdir(self.source)):
-            if not name.startswith(".") and os.path.isfile(os.path.join(self.source, name, "metadata", "dataset.json")):
-                out.append(name)
-        return out
+        return fmt.datasets_in(self.source)
 
     def _key_lock(self, key: Any) -> threading.Lock:
         return self._locks[hash(key) % LOCK_STRIPES]
