@@ -14,7 +14,8 @@ FORMAT = "spacefs/1"
 
 METADATA = "metadata"
 DATASET_JSON = "metadata/dataset.json"  # immutable: format, kind, schema, keys, record fields
-LOG_DIR = "metadata/log"  # <seq>.json, one per change of state, and the LATEST hint
+LOG_DIR = "metadata/log"  # <seq>.json, one per change of state
+LOG_HINT = "metadata/log/LATEST"  # the newest seq, a hint only
 SNAPSHOTS_DIR = "metadata/snapshots"  # <id>.json, hard links to log entries
 MANIFESTS_DIR = "metadata/manifests"  # <uuid>.parquet
 CHANGES_DIR = "metadata/changes"  # <uuid>.parquet: keys a snapshot deleted

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from . import failpoints
 from . import format as fmt
 from . import schema as sch
+from .backend import backend_for
 from .errors import (
     AlreadyExistsError,
     CommitConflictError,
@@ -71,11 +72,10 @@ class Storage:
     """One dataset on disk. Cheap to open; every read resolves versions afresh."""
 
     def __init__(self, location: str):
-        self.location = os.path.abspath(location)
-        path = fmt.dataset_json(self.location)
+        self.backend = backend_for(location)
+        self.location = self.backend.root
         try:
-            with open(path, "rb") as f:
-                self.meta = json.loads(f.read())
+            self.meta = json.loads(self.backend.read_bytes(fmt.DATASET_JSON))
         except FileNotFoundError:
             raise NotFoundError(f"no spacefs dataset at {self.location}") from None
         if self.meta.get("format") != FORMAT:
@@ -86,7 +86,7 @@ class Storage:
         self.index_schema = sch.index_schema(self.schema, self.record_fields)
         self.index_fields = [n for n in self.schema.names if n not in self.record_fields]
         self.stats_fields = [f for f in self.schema if f.name in self.index_fields and sch.stats_type(f.type)]
-        self.log = MetadataLog(self.location)
+        self.log = MetadataLog(self.location, backend=self.backend)
         self.manifests = ManifestStore(self.location, manifest_schema(self.stats_fields))
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._live: OrderedDict[int, pa.Table] = OrderedDict()
