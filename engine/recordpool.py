@@ -24,6 +24,7 @@ file's descriptor), an ArrayRecord reader (compressed files only) one as well.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import resource
@@ -163,7 +164,7 @@ class RecordPool:
                     h = self._handles.get(path)
                     if h is None:
                         h = RecordHandle(path, root)
-                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                        fd = self._open(path)
                         st = os.fstat(fd)
                         h.fd, h.size, h.ident = fd, st.st_size, (st.st_dev, st.st_ino)
                         self._handles[path] = h
@@ -254,6 +255,19 @@ class RecordPool:
             self._evict_where(lambda h: True)
 
     # -- internals (lock held) ----------------------------------------------------
+    def _open(self, path: str) -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+        # Out of descriptors (the rest of the process used more than its share): give
+        # back the idle half of the pool and try once more.
+        idle = [h for h in self._handles.values() if h.leases == 0]
+        for h in idle[: max(1, len(idle) // 2)]:
+            self._evict(h)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
     def _release(self, h: RecordHandle) -> None:
         h.leases -= 1
         h.used = time.monotonic()

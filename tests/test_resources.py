@@ -226,3 +226,31 @@ def test_mount_daemon_following_300_commits_stays_flat(tmp_path, monkeypatch):
     (f50, r50), (f300, r300) = marks[50], marks[300]
     assert f300 <= f50 + SLACK, marks
     assert r300 - r50 < 150 * 1024, marks
+
+
+def test_out_of_descriptors_the_pool_gives_back_idle_files(history):
+    """When the rest of the process has used up the descriptor limit, the pool closes
+    idle files of its own to open the one a read needs."""
+    code = f"""
+import os, resource
+from spacefs.engine.recordpool import RecordPool
+pool = RecordPool(cap=1000)  # a budget above the limit: only EMFILE can stop it
+from spacefs import Dataset
+refs = Dataset.load({history!r}).local().read_all(reference_read=True).column("blob").to_pylist()
+rels = sorted({{r["file"] for r in refs}})
+for rel in rels[:-1]:
+    pool.release(pool.lease({history!r}, rel))
+used = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (used + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hog = []
+try:
+    while True:
+        hog.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+h = pool.lease({history!r}, rels[-1])
+assert os.pread(h.fd, 1, 0)
+print("ok", len(pool))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr[-2000:]
