@@ -254,3 +254,35 @@ print("ok", len(pool))
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr[-2000:]
+
+
+def open_under(root: str) -> int:
+    return sum(1 for h in list(POOL._handles.values()) if h.root == root)
+
+
+def test_closing_a_dataset_closes_its_files(history):
+    gc.collect()
+    with Dataset.load(history) as ds:
+        ds.local().read_all()
+        assert open_under(ds.location) > 0
+    assert open_under(history) == 0
+
+
+def test_the_mount_tree_closes_a_dataset_that_goes_away(tmp_path):
+    from mount_util import image_bytes, make_catalog
+
+    from spacefs.mount.tree import Tree
+
+    cat, ds = make_catalog(str(tmp_path), n=5)
+    location = ds.location
+    del ds
+    gc.collect()
+    with Tree(cat.location) as tree:
+        node = tree.root
+        for part in ("pets", "versions", "1", "rows", "3", "image"):
+            node = tree.lookup(node, part)
+        assert tree.read(node, 0, 1 << 20) == image_bytes(3)
+        assert open_under(location) == 1
+        cat.delete_dataset("pets")
+        tree.poll()
+        assert open_under(location) == 0 and not tree._states
