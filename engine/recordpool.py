@@ -65,10 +65,11 @@ def derive_cap(raise_soft: bool = True) -> int:
 class RecordHandle:
     """An open record file. Use it only while holding a lease (``RecordPool.lease``)."""
 
-    __slots__ = ("path", "root", "fd", "size", "ident", "_map", "_reader", "leases", "evicted", "used")
+    __slots__ = ("key", "path", "root", "fd", "size", "ident", "_map", "_reader", "leases", "evicted", "used")
 
-    def __init__(self, path: str, root: str):
-        self.path = path
+    def __init__(self, root: str, rel: str):
+        self.key = (root, rel)
+        self.path = os.path.join(root, rel)
         self.root = root
         self.fd = -1
         self.size = 0
@@ -96,7 +97,8 @@ class RecordHandle:
 
 
 class RecordPool:
-    """Process-wide, bounded, leased handles of record files, keyed by absolute path.
+    """Process-wide, bounded, leased handles of record files, keyed by (dataset root,
+    relative path): the root is absolute (``Storage.location``).
 
     Record files are immutable and named by a fresh UUID, so a path names one file for
     the life of a dataset; a dataset removed and re-created at the same place is covered
@@ -106,7 +108,7 @@ class RecordPool:
 
     def __init__(self, cap: int | None = None):
         self._cap = cap
-        self._handles: OrderedDict[str, RecordHandle] = OrderedDict()
+        self._handles: OrderedDict[tuple[str, str], RecordHandle] = OrderedDict()
         self._cost = 0  # descriptors held by handles in ``_handles``
         self._doomed = 0  # descriptors held by evicted handles still leased
         self._owners: dict[str, int] = {}
@@ -151,7 +153,8 @@ class RecordPool:
     # -- leases ----------------------------------------------------------------
     def lease(self, root: str, rel: str) -> RecordHandle:
         """The open handle of ``root/rel``, leased: call ``release`` when done with it."""
-        return self.lease_many(root, (rel,))[0]
+        h = self.try_lease(root, rel)  # the common case: open already, one dict look-up
+        return h if h is not None else self.lease_many(root, (rel,))[0]
 
     def lease_many(self, root: str, rels: Sequence[str]) -> list[RecordHandle]:
         """Handles of all ``rels`` at once (the LRU never evicts one of them to make room
@@ -160,17 +163,17 @@ class RecordPool:
         with self._lock:
             try:
                 for rel in rels:
-                    path = os.path.join(root, rel)
-                    h = self._handles.get(path)
+                    key = (root, rel)
+                    h = self._handles.get(key)
                     if h is None:
-                        h = RecordHandle(path, root)
-                        fd = self._open(path)
+                        h = RecordHandle(root, rel)
+                        fd = self._open(h.path)
                         st = os.fstat(fd)
                         h.fd, h.size, h.ident = fd, st.st_size, (st.st_dev, st.st_ino)
-                        self._handles[path] = h
+                        self._handles[key] = h
                         self._cost += 1
                     else:
-                        self._handles.move_to_end(path)
+                        self._handles.move_to_end(key)
                     h.leases += 1
                     out.append(h)
             except BaseException:
@@ -184,15 +187,18 @@ class RecordPool:
         """The handle of ``root/rel`` leased if it is open already, else None: no system
         call, so an event loop may ask."""
         with self._lock:
-            h = self._handles.get(os.path.join(root, rel))
+            h = self._handles.get((root, rel))
             if h is not None:
-                self._handles.move_to_end(h.path)
+                self._handles.move_to_end(h.key)
                 h.leases += 1
             return h
 
     def release(self, handles: RecordHandle | Sequence[RecordHandle]) -> None:
         with self._lock:
-            for h in (handles,) if isinstance(handles, RecordHandle) else handles:
+            if isinstance(handles, RecordHandle):
+                self._release(handles)
+                return
+            for h in handles:
                 self._release(h)
 
     @contextmanager
@@ -276,7 +282,7 @@ class RecordPool:
             h._close()
 
     def _evict(self, h: RecordHandle) -> None:
-        del self._handles[h.path]
+        del self._handles[h.key]
         self._cost -= h.cost
         h.evicted = True
         if h.leases == 0:
