@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from . import format as fmt
 from .dataset import Dataset
 from .errors import NotFoundError, UserInputError
 
@@ -58,23 +59,18 @@ class DirCatalog:
             NotFoundError: the catalog has no dataset of that name.
         """
         path = self._path(name)
-        if not os.path.exists(os.path.join(path, "metadata", "dataset.json")):
+        if not fmt.is_dataset(path):
             raise NotFoundError(f"catalog {self.location} has no dataset named {name!r}")
         return Dataset.load(path)
 
     def datasets(self) -> list[DatasetInfo]:
         """The datasets of the catalog, sorted by name (``DatasetInfo(name, location)``)."""
-        out = []
-        for name in sorted(os.listdir(self.location)):
-            path = os.path.join(self.location, name)
-            if not name.startswith(".") and os.path.isfile(os.path.join(path, "metadata", "dataset.json")):
-                out.append(DatasetInfo(name, path))
-        return out
+        return [DatasetInfo(name, os.path.join(self.location, name)) for name in fmt.datasets_in(self.location)]
 
     def delete_dataset(self, name: str) -> None:
         """Remove a dataset: renamed away first (atomic), then deleted."""
         path = self._path(name)
-        if not os.path.exists(os.path.join(path, "metadata", "dataset.json")):
+        if not fmt.is_dataset(path):
             raise NotFoundError(f"catalog {self.location} has no dataset named {name!r}")
         trash = os.path.join(self.location, f".{name}.deleting-{os.getpid()}")
         os.rename(path, trash)

@@ -70,6 +70,17 @@ class Dataset:
             return MaterializedView.load(str(location))  # type: ignore[return-value]
         return cls(storage)
 
+    def close(self) -> None:
+        """Release the dataset's open files and caches (see ``Storage.close``); the
+        handle stays usable and reopens what it needs."""
+        self._storage.close()
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- properties ------------------------------------------------------------
     @property
     def storage(self) -> Storage:

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from . import failpoints
+from . import format as fmt
+from .backend import Backend, LocalBackend
 from .errors import CorruptionError, VersionNotFoundError
 
-SEQ_DIGITS = 12
+SEQ_DIGITS = fmt.SEQ_DIGITS
 
 
 @dataclass(frozen=True)
@@ -64,35 +65,35 @@ def _name(seq: int) -> str:
 class MetadataLog:
     """Reads and publishes the entries of one dataset's log."""
 
-    def __init__(self, root: str, sync: bool = False):
+    def __init__(self, root: str, sync: bool = False, backend: Backend | None = None):
         self.root = root
-        self.dir = os.path.join(root, "metadata", "log")
-        self.snap_dir = os.path.join(root, "metadata", "snapshots")
+        self.dir = os.path.join(root, fmt.LOG_DIR)
+        self.snap_dir = os.path.join(root, fmt.SNAPSHOTS_DIR)
         self.sync = sync
+        self.backend = backend or LocalBackend(root)
 
     # -- reading ---------------------------------------------------------------
     def _hint(self) -> int:
         try:
-            with open(os.path.join(self.dir, "LATEST")) as f:
-                return int(f.read().strip() or 0)
+            return int(self.backend.read_bytes(fmt.LOG_HINT).strip() or 0)
         except (FileNotFoundError, ValueError):
-            names = [n for n in os.listdir(self.dir) if n.endswith(".json") and n[:-5].isdigit()]
+            names = [n for n in self.backend.list(fmt.LOG_DIR) if n.endswith(".json") and n[:-5].isdigit()]
             return max((int(n[:-5]) for n in names), default=0)
 
     def head_seq(self) -> int:
         """Sequence number of the newest entry: a hint and a few ``stat`` calls."""
         seq = self._hint()
-        while not os.path.exists(os.path.join(self.dir, _name(seq))) and seq > 0:
+        exists = self.backend.exists
+        while not exists(fmt.log_entry(seq)) and seq > 0:
             seq -= 1  # hint ahead of the log only if the dir was tampered with
-        while os.path.exists(os.path.join(self.dir, _name(seq + 1))):
+        while exists(fmt.log_entry(seq + 1)):
             seq += 1
         return seq
 
     def entry(self, seq: int) -> Entry:
         path = os.path.join(self.dir, _name(seq))
         try:
-            with open(path, "rb") as f:
-                return Entry(seq, json.loads(f.read()))
+            return Entry(seq, json.loads(self.backend.read_bytes(fmt.log_entry(seq))))
         except FileNotFoundError:
             raise VersionNotFoundError(f"log entry {seq} does not exist in {self.root}") from None
         except json.JSONDecodeError as e:
@@ -103,10 +104,8 @@ class MetadataLog:
 
     def snapshot_entry(self, snapshot_id: int) -> Entry:
         """The entry that made snapshot ``snapshot_id``."""
-        path = os.path.join(self.snap_dir, f"{snapshot_id:0{SEQ_DIGITS}d}.json")
         try:
-            with open(path, "rb") as f:
-                doc = json.loads(f.read())
+            doc = json.loads(self.backend.read_bytes(fmt.snapshot_entry(snapshot_id)))
             return Entry(doc["seq"], doc)
         except FileNotFoundError:
             pass
@@ -129,28 +128,12 @@ class MetadataLog:
         raise CorruptionError(f"snapshot {snapshot_id} is counted but not found in the log of {self.root}")
 
     # -- writing ---------------------------------------------------------------
-    def _write_tmp(self, data: bytes) -> str:
-        tmp = os.path.join(self.dir, f".tmp-{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, data)
-            if self.sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        return tmp
-
     def try_publish(self, doc: dict[str, Any]) -> bool:
         """Publish ``doc`` as entry ``doc['seq']``; False if another writer got there first."""
         seq = doc["seq"]
-        tmp = self._write_tmp(json.dumps(doc, sort_keys=True).encode())
-        try:
-            failpoints.hit("commit:before_publish")
-            os.link(tmp, os.path.join(self.dir, _name(seq)))
-        except FileExistsError:
+        if not self.backend.put_if_absent(fmt.log_entry(seq), json.dumps(doc, sort_keys=True).encode(), sync=self.sync,
+                                          before_publish=lambda: failpoints.hit("commit:before_publish")):
             return False
-        finally:
-            os.unlink(tmp)
         failpoints.hit("commit:after_publish")
         if self.sync:
             _fsync_dir(self.dir)
@@ -162,15 +145,10 @@ class MetadataLog:
         return True
 
     def _link_snapshot(self, entry: Entry) -> None:
-        sid = entry.doc["snapshot"]["id"]
-        try:
-            os.link(os.path.join(self.dir, _name(entry.seq)), os.path.join(self.snap_dir, f"{sid:0{SEQ_DIGITS}d}.json"))
-        except FileExistsError:
-            pass
+        self.backend.copy_if_absent(fmt.log_entry(entry.seq), fmt.snapshot_entry(entry.doc["snapshot"]["id"]))
 
     def _write_hint(self, seq: int) -> None:
-        tmp = self._write_tmp(str(seq).encode())
-        os.replace(tmp, os.path.join(self.dir, "LATEST"))
+        self.backend.put(fmt.LOG_HINT, str(seq).encode())
 
     def init(self, doc: dict[str, Any]) -> None:
         """Create the log with entry 0 (the empty snapshot 0)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from . import format as fmt
 
 ADDED, REMOVED = 1, -1
 INDEX, RECORD = "index", "record"
@@ -91,7 +92,7 @@ class ManifestStore:
 
     def write(self, rows: list[dict[str, Any]] | pa.Table) -> dict[str, Any]:
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=self.schema)
-        rel = f"metadata/manifests/{uuid.uuid4().hex}.parquet"
+        rel = fmt.new_manifest()
         pq.write_table(table, os.path.join(self.root, rel), compression="zstd")
         self._put(rel, table)
         return {"path": rel, "entries": table.num_rows}

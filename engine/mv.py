@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from . import format as fmt
 from .dataset import Dataset
 from .errors import CorruptionError, NotFoundError, UserInputError
 from .options import FileOptions, RayOptions
@@ -36,7 +37,7 @@ from .types import JobResult
 if TYPE_CHECKING:
     from .views import View
 
-DEFINITION = "metadata/view.pkl"
+DEFINITION = fmt.VIEW_DEFINITION
 _SOURCE_TAG = "spacefs-source"
 
 

@@ -1,15 +1,18 @@
-"""Reading a version: prune files by stats, read index rows, resolve records lazily."""
+"""Reading a version: prune files by stats, read index rows, resolve records lazily.
+
+Index files are read, sliced and resolved by ``refs`` (the code every read path shares:
+this one, views and their Ray tasks; random access and the mount read references here).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .filters import Filter, predicate
 from .records import RecordReader
+from .refs import as_record_type, by_bytes, read_index, ref_columns, resolve  # noqa: F401 (as_record_type re-exported)
 from .schema import check_batch_size, select_fields
 from .storage import Storage
 
@@ -29,23 +32,22 @@ def read(storage: Storage, version=None, filter_: Filter = None, fields: Sequenc
 
     Arguments are checked now; files are read as the iterator is consumed.
     """
-    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
-
     check_batch_size(batch_size)
     sid = storage.resolve(version, branch)
     pred = predicate(filter_, storage.schema, storage.record_fields, f"{storage.name}: read")
     names = resolve_fields(storage, fields)
     entries = storage.index_entries(sid, pred)
-    reader = reader or RecordReader(storage.location)
+    del reader  # readers hold nothing now (records.RecordReader); kept for callers
+    roots = {} if reference_read else record_roots(storage, names)
+    limit = DEFAULT_BATCH_BYTES if batch_size is None else None
 
     def tables() -> Iterator[pa.Table]:
         for entry in entries:
-            d = pds.dataset(storage.full_path(entry["path"]), schema=storage.index_schema, format="parquet")
-            t = pred.scan(d, names) if pred is not None else d.to_table(columns=names)
+            t = read_index(storage.location, entry["path"], storage.index_schema, names, pred)
             if t.num_rows == 0:
                 continue
-            for part in _split(storage, t, names, batch_size):
-                yield resolve_records(storage, part, reader) if not reference_read else part
+            for part in by_bytes(t, ref_columns(t, roots), limit) if limit else (t,):
+                yield resolve(part, roots, storage.schema)
 
     return tables() if batch_size is None else _rebatch(tables(), batch_size)
 
@@ -55,43 +57,14 @@ def output_schema(storage: Storage, names: Sequence[str], reference_read: bool) 
     return pa.schema([src.field(n) for n in names])
 
 
-def _split(storage: Storage, t: pa.Table, names: Sequence[str], batch_size: int | None) -> Iterator[pa.Table]:
-    rec = [n for n in names if n in storage.record_fields]
-    if batch_size is not None or not rec or t.num_rows <= 1:
-        yield t
-        return
-    sizes = np.zeros(t.num_rows, dtype=np.int64)
-    for n in rec:
-        s = t.column(n).combine_chunks().field("size")
-        sizes += pc.fill_null(s, 0).to_numpy(zero_copy_only=False)
-    cum = np.cumsum(sizes)
-    cuts = np.searchsorted(cum, np.arange(DEFAULT_BATCH_BYTES, int(cum[-1]), DEFAULT_BATCH_BYTES))
-    start = 0
-    for c in list(cuts) + [t.num_rows]:
-        c = max(int(c), start + 1)
-        if c > start:
-            yield t.slice(start, c - start)
-        start = c
-        if start >= t.num_rows:
-            break
+def record_roots(storage: Storage, names: Sequence[str]) -> dict[str, str]:
+    """Reference columns among ``names`` and the dataset their records live in."""
+    return {n: storage.location for n in names if n in storage.record_fields}
 
 
-def resolve_records(storage: Storage, t: pa.Table, reader: RecordReader) -> pa.Table:
+def resolve_records(storage: Storage, t: pa.Table, reader: RecordReader | None = None) -> pa.Table:
     """Replace reference columns by the record bytes they point at."""
-    cols = []
-    for name in t.column_names:
-        col = t.column(name)
-        if name in storage.record_fields:
-            col = as_record_type(reader.scan_refs(col.combine_chunks()), storage.schema.field(name).type)
-        cols.append(col)
-    return pa.Table.from_arrays(cols, schema=pa.schema([storage.schema.field(n) for n in t.column_names]))
-
-
-def as_record_type(arr: pa.Array, ftype: pa.DataType) -> pa.Array:
-    """Record bytes as the field's declared type (binary, large binary or an extension)."""
-    if isinstance(ftype, pa.ExtensionType):
-        return pa.ExtensionArray.from_storage(ftype, arr.cast(ftype.storage_type))
-    return arr if arr.type == ftype else arr.cast(ftype)
+    return resolve(t, record_roots(storage, t.column_names), storage.schema)
 
 
 def _rebatch(tables: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:
@@ -117,8 +90,6 @@ def read_all(storage: Storage, **kwargs) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def read_index_file(storage: Storage, rel: str, reference_read: bool, reader: RecordReader) -> pa.Table:
-    import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
-
-    t = pds.dataset(storage.full_path(rel), schema=storage.index_schema, format="parquet").to_table()
-    return t if reference_read else resolve_records(storage, t, reader)
+def read_index_file(storage: Storage, rel: str, reference_read: bool, reader: RecordReader | None = None) -> pa.Table:
+    t = read_index(storage.location, rel, storage.index_schema)
+    return t if reference_read else resolve_records(storage, t)

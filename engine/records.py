@@ -5,7 +5,8 @@ reader opens). After a file is closed we walk its Riegeli chunks once and note w
 bytes of every record lie in the file. With uncompressed chunks a record is then one
 ``pread`` away (minus the 24-byte Riegeli block headers that interrupt the stream every
 64 KiB), which is what makes random access, full scans and FUSE range reads fast. Files
-written with compression fall back to ``ArrayRecordReader``.
+written with compression fall back to ``ArrayRecordReader``. Open files belong to
+``recordpool``; this module only says where records lie and how to read them.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import threading
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from . import arwriter
+from .recordpool import POOL, RecordHandle, RecordPool
 from .sparse import punch_zero_pages
 
 BLOCK = 1 << 16
@@ -173,41 +173,22 @@ def write_records(path: str, values: pa.Array, options: str = "") -> np.ndarray:
 
 
 class RecordReader:
-    """Reads records by reference; keeps file descriptors open in a small LRU.
+    """Reads the records of one dataset by reference.
 
-    Thread-safe: ``os.pread`` needs no shared position, and the LRU is locked.
+    Holds no descriptors: every call leases the handles it needs from the process-wide
+    ``recordpool.POOL`` and returns them before it returns, so readers are cheap to make,
+    need no closing, and any number of them share one bounded set of open files.
+    Thread-safe (``os.pread`` needs no shared position).
     """
 
-    def __init__(self, root: str, max_open: int = 256, mmap_max: int = 0):
-        self.root = root
-        self._fds: OrderedDict[str, int] = OrderedDict()
-        self._readers: dict[str, ArrayRecordReader] = {}
+    def __init__(self, root: str, max_open: int | None = None, mmap_max: int = 0, pool: RecordPool | None = None):
+        self.root = os.path.abspath(root)
         # ``read_batch`` copies records of at most ``mmap_max`` bytes out of a read-only
         # memory map instead of calling pread: on page cache that is ~3x cheaper per
-        # record. Maps are dropped, never closed, on eviction (a reader in another thread
-        # may still hold one; unmapping happens when the last reference goes).
+        # record. Maps belong to the pool (one per open file, within its budget).
         self.mmap_max = mmap_max
-        self._maps: dict[str, mmap.mmap | None] = {}
-        self._lock = threading.Lock()
-        self._max_open = max_open
-        self._pid = os.getpid()
-
-    def _fd(self, rel: str) -> int:
-        with self._lock:
-            if self._pid != os.getpid():  # forked: descriptors are shared, start afresh
-                self._fds.clear()
-                self._readers.clear()
-                self._pid = os.getpid()
-            fd = self._fds.get(rel)
-            if fd is not None:
-                self._fds.move_to_end(rel)
-                return fd
-            fd = os.open(os.path.join(self.root, rel), os.O_RDONLY)
-            self._fds[rel] = fd
-            while len(self._fds) > self._max_open:
-                _, old = self._fds.popitem(last=False)
-                os.close(old)
-            return fd
+        self.pool = pool or POOL
+        del max_open  # the pool's budget bounds open files now (kept for callers)
 
     def read_range(self, rel: str, offset: int, size: int, start: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[start, start+length)`` of the record at physical ``offset``."""
@@ -216,60 +197,40 @@ class RecordReader:
         length = max(0, min(length, size - start))
         if length == 0:
             return b""
-        fd = self._fd(rel)
-        pos = _phys(_logical(offset) + start)
-        if pos % BLOCK + length <= BLOCK:
-            return os.pread(fd, length, pos)
-        return read_record_range(fd, offset, start, length)
+        h = self.pool.lease(self.root, rel)
+        try:
+            pos = _phys(_logical(offset) + start)
+            if pos % BLOCK + length <= BLOCK:
+                return os.pread(h.fd, length, pos)
+            return read_record_range(h.fd, offset, start, length)  # type: ignore[return-value]
+        finally:
+            self.pool.release(h)
 
     def read_one(self, rel: str, pos: int, offset: int, size: int) -> bytes:
         if offset >= 0:
             return self.read_range(rel, offset, size)
-        return self._slow(rel, [pos])[0]
+        leases: list[RecordHandle] = []
+        try:
+            return self._slow(leases, rel, [pos])[0]
+        finally:
+            self.pool.release(leases)
 
-    def _slow(self, rel: str, positions: Sequence[int]) -> list[bytes]:
-        with self._lock:
-            reader = self._readers.get(rel)
-            if reader is None:
-                reader = ArrayRecordReader(os.path.join(self.root, rel), "readahead_buffer_size:0")
-                self._readers[rel] = reader
-        return reader.read(list(positions))
+    def _slow(self, leases: list[RecordHandle], rel: str, positions: Sequence[int]) -> list[bytes]:
+        h = self.pool.lease(self.root, rel)
+        leases.append(h)
+        return self.pool.reader(h).read(list(positions))
 
-    def _fd_batch(self, rels: Sequence[str]) -> list[int]:
-        """Descriptors for all of ``rels`` at once; the LRU never evicts one of them
-        while they are handed out together."""
-        with self._lock:
-            if self._pid != os.getpid():
-                self._fds.clear()
-                self._readers.clear()
-                self._maps.clear()
-                self._pid = os.getpid()
-            out = []
-            for rel in rels:
-                fd = self._fds.get(rel)
-                if fd is None:
-                    fd = os.open(os.path.join(self.root, rel), os.O_RDONLY)
-                    self._fds[rel] = fd
-                else:
-                    self._fds.move_to_end(rel)
-                out.append(fd)
-            keep = max(self._max_open, len(rels))
-            while len(self._fds) > keep:
-                rel, old = self._fds.popitem(last=False)
-                self._maps.pop(rel, None)
-                os.close(old)
-            return out
+    def _fd_batch(self, leases: list[RecordHandle], rels: Sequence[str]) -> list[int]:
+        """Descriptors for all of ``rels`` at once, leased until the caller's call ends."""
+        hs = self.pool.lease_many(self.root, rels)
+        leases.extend(hs)
+        return [h.fd for h in hs]
 
-    def _map_batch(self, rels: Sequence[str], fds: Sequence[int]) -> list[mmap.mmap | None]:
-        """Read-only maps of ``rels`` (opened as ``fds``); None for an empty file."""
-        with self._lock:
-            out = []
-            for rel, fd in zip(rels, fds, strict=True):
-                if rel not in self._maps:
-                    size = os.fstat(fd).st_size
-                    self._maps[rel] = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
-                out.append(self._maps[rel])
-            return out
+    def _map_batch(self, leases: list[RecordHandle], rels: Sequence[str]) -> tuple[list[int], list[mmap.mmap | None]]:
+        """Descriptors and read-only maps of ``rels`` (None for an empty file), leased."""
+        hs = self.pool.lease_many(self.root, rels)
+        leases.extend(hs)
+        return [h.fd for h in hs], [self.pool.mapping(h) for h in hs]
 
     def read_batch(self, files: Sequence[str], file_idx: np.ndarray, offset: np.ndarray,
                    size: np.ndarray, pos: np.ndarray, threads: int = 0) -> list[bytes]:
@@ -280,6 +241,15 @@ class RecordReader:
         other are fetched with one ``pread`` and cut apart, so a batch of neighbours costs
         one syscall and a batch of strangers one each, the physical minimum.
         """
+        leases: list[RecordHandle] = []
+        try:
+            return self._read_batch(leases, files, file_idx, offset, size, pos, threads)
+        finally:
+            if leases:
+                self.pool.release(leases)
+
+    def _read_batch(self, leases: list[RecordHandle], files: Sequence[str], file_idx: np.ndarray,
+                    offset: np.ndarray, size: np.ndarray, pos: np.ndarray, threads: int) -> list[bytes]:
         n = len(offset)
         out: list[bytes] = [b""] * n
         if n == 0:
@@ -288,12 +258,12 @@ class RecordReader:
         if slow.any():
             for f in np.unique(file_idx[slow]).tolist():
                 idx = np.flatnonzero(slow & (file_idx == f))
-                for i, v in zip(idx.tolist(), self._slow(files[f], pos[idx].tolist()), strict=True):
+                for i, v in zip(idx.tolist(), self._slow(leases, files[f], pos[idx].tolist()), strict=True):
                     out[i] = v
             keep = np.flatnonzero(~slow)
         else:
             if self.mmap_max > 0:
-                return self._read_mapped(files, file_idx, offset, size)
+                return self._read_mapped(leases, files, file_idx, offset, size)
             keep = None
         fi = file_idx if keep is None else file_idx[keep]
         off = offset if keep is None else offset[keep]
@@ -319,7 +289,7 @@ class RecordReader:
         uniq = fi[file_starts]
         inv = np.zeros(m, dtype=np.int64)
         inv[file_starts[1:]] = 1
-        fd_of = np.asarray(self._fd_batch([files[f] for f in uniq.tolist()]), dtype=np.int64)[np.cumsum(inv)]
+        fd_of = np.asarray(self._fd_batch(leases, [files[f] for f in uniq.tolist()]), dtype=np.int64)[np.cumsum(inv)]
         span = gend - off[starts]
         # A lone record (no neighbour to merge with) that is plain or straddles one block
         # boundary is one pread; nearly all of a random batch is. They are read in the
@@ -377,7 +347,7 @@ class RecordReader:
                 out[rows_c[k]] = buf[r : r + sz_c[k]] if plain_c[k] else _strip_headers(buf, off_c[k], sz_c[k], g0)
         return out
 
-    def _read_mapped(self, files: Sequence[str], file_idx: np.ndarray, offset: np.ndarray,
+    def _read_mapped(self, leases: list[RecordHandle], files: Sequence[str], file_idx: np.ndarray, offset: np.ndarray,
                      size: np.ndarray) -> list[bytes]:
         """Records copied out of memory maps, in the order asked. No sort: a copy from a
         map costs the same whether or not its neighbour is wanted too."""
@@ -388,8 +358,7 @@ class RecordReader:
             u, inv = np.unique(file_idx, return_inverse=True)
             uniq, local = u.tolist(), inv.tolist()
         rels = [files[f] for f in uniq]
-        fds = self._fd_batch(rels)
-        maps = self._map_batch(rels, fds)
+        fds, maps = self._map_batch(leases, rels)
         span = np.where(size > 0, _phys_end_vec(offset, np.maximum(size, 1)) - offset, 0)
         limit, pread = self.mmap_max, os.pread
         vals = [maps[f][o : o + s] if s <= limit else pread(fds[f], s, o)  # type: ignore[index]
@@ -454,32 +423,18 @@ class RecordReader:
         brk = np.flatnonzero((lstart[1:] != lstart[:-1] + size[:-1]) | (fidx[1:] != fidx[:-1])) + 1
         starts = np.concatenate([[0], brk]).tolist()
         ends = np.concatenate([brk, [len(refs)]]).tolist()
-        fds = self._fd_batch(names)
-        for s, e in zip(starts, ends, strict=True):
-            a, b = int(offsets[s]), int(offsets[e])
-            if b > a:
-                _read_logical_into(fds[int(fidx[s])], int(lstart[s]), view[a:b])
+        with self.pool.leased(self.root, names) as hs:
+            for s, e in zip(starts, ends, strict=True):
+                a, b = int(offsets[s]), int(offsets[e])
+                if b > a:
+                    _read_logical_into(hs[int(fidx[s])].fd, int(lstart[s]), view[a:b])
         large = total >= (1 << 31)
         typ = pa.large_binary() if large else pa.binary()
         odt = np.int64 if large else np.int32
         return pa.Array.from_buffers(typ, len(refs), [None, pa.py_buffer(offsets.astype(odt)), buf])
 
     def close(self) -> None:
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-            self._readers.clear()
-            self._maps.clear()
-
-    def __del__(self) -> None:
-        # Readers made per call (a read, a diff) are rarely closed: without this their
-        # descriptors stay open until the process ends (a long test run hit 1024).
-        try:
-            if self._pid == os.getpid():
-                self.close()
-        except Exception:
-            pass
+        """Nothing to close: the pool owns the files (kept so old callers still work)."""
 
 
 # Records of one file at most this far apart are read with a single pread and cut
@@ -589,12 +544,3 @@ def _read_logical_into(fd: int, logical: int, out: memoryview) -> None:
         filled = sum(len(b) for b in iov if b is not scratch)
         out = out[filled:]
         pos = end
-
-
-def iter_file_records(path: str) -> Iterable[bytes]:
-    """All records of an ArrayRecord file, in order (for ingesting foreign files)."""
-    reader = ArrayRecordReader(path)
-    n = reader.num_records()
-    step = 1024
-    for start in range(0, n, step):
-        yield from reader.read(start, min(n, start + step))

@@ -16,7 +16,7 @@ from . import reads
 from .errors import NotFoundError, SchemaError, UserInputError
 from .filters import Filter
 from .options import FileOptions
-from .records import iter_file_records
+from .recordpool import iter_file_records
 from .storage import Plan, Storage, Version
 from .types import ChangeData, JobResult
 from .writes import (

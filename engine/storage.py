@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import failpoints
+from . import format as fmt
 from . import schema as sch
+from .backend import backend_for
 from .errors import (
     AlreadyExistsError,
     CommitConflictError,
@@ -32,9 +35,10 @@ from .errors import (
 from .filters import Filter, prune_expression, stats_guarantee
 from .log import Entry, MetadataLog
 from .manifest import INDEX, RECORD, ManifestStore, manifest_schema, removal
+from .recordpool import POOL
 from .retention import expired
 
-FORMAT = "spacefs/1"
+FORMAT = fmt.FORMAT
 DEFAULT_BRANCH = "main"
 MAX_COMMIT_ATTEMPTS = 64
 _REF_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
@@ -71,11 +75,10 @@ class Storage:
     """One dataset on disk. Cheap to open; every read resolves versions afresh."""
 
     def __init__(self, location: str):
-        self.location = os.path.abspath(location)
-        path = os.path.join(self.location, "metadata", "dataset.json")
+        self.backend = backend_for(location)
+        self.location = self.backend.root
         try:
-            with open(path, "rb") as f:
-                self.meta = json.loads(f.read())
+            self.meta = json.loads(self.backend.read_bytes(fmt.DATASET_JSON))
         except FileNotFoundError:
             raise NotFoundError(f"no spacefs dataset at {self.location}") from None
         if self.meta.get("format") != FORMAT:
@@ -86,11 +89,29 @@ class Storage:
         self.index_schema = sch.index_schema(self.schema, self.record_fields)
         self.index_fields = [n for n in self.schema.names if n not in self.record_fields]
         self.stats_fields = [f for f in self.schema if f.name in self.index_fields and sch.stats_type(f.type)]
-        self.log = MetadataLog(self.location)
+        self.log = MetadataLog(self.location, backend=self.backend)
         self.manifests = ManifestStore(self.location, manifest_schema(self.stats_fields))
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._live: OrderedDict[int, pa.Table] = OrderedDict()
         self._lock = threading.Lock()
+        # Open record files belong to the process-wide pool; this Storage is one of the
+        # dataset's owners there: the last owner to go (closed or collected) closes them.
+        self._closer = weakref.finalize(self, POOL.detach, POOL.attach(self.location))
+
+    def close(self) -> None:
+        """Release what this handle holds: its caches and its claim on the open record
+        files of the dataset (closed when no other handle of it is left). Idempotent;
+        garbage collection does the same for a handle never closed."""
+        self._closer()
+        with self._lock:
+            self._snapshots.clear()
+            self._live.clear()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def name(self) -> str:
@@ -116,7 +137,7 @@ class Storage:
         record_fields = list(record_fields or [])
         sch.validate(schema, primary_keys, record_fields)
         location = os.path.abspath(location)
-        if os.path.exists(os.path.join(location, "metadata")):
+        if os.path.exists(os.path.join(location, fmt.METADATA)):
             raise AlreadyExistsError(f"a dataset already exists at {location}")
         if file_layout is not None:
             from .layout import validate_layout
@@ -126,7 +147,7 @@ class Storage:
         parent = os.path.dirname(location)
         os.makedirs(parent, exist_ok=True)
         staging = os.path.join(parent, f".{os.path.basename(location)}.creating-{os.getpid()}-{random.getrandbits(32):x}")
-        for d in ("metadata/log", "metadata/snapshots", "metadata/manifests", "metadata/changes", "data/index", "data/records"):
+        for d in fmt.DIRS:
             os.makedirs(os.path.join(staging, d))
         meta = {
             "format": FORMAT,
@@ -140,7 +161,7 @@ class Storage:
             "uuid": uuid.uuid4().hex,
             **(extra or {}),
         }
-        with open(os.path.join(staging, "metadata", "dataset.json"), "wb") as f:
+        with open(fmt.dataset_json(staging), "wb") as f:
             f.write(sch.dumps(meta))
         for rel, data in (files or {}).items():
             path = os.path.normpath(os.path.join(staging, rel))
@@ -228,7 +249,7 @@ class Storage:
         return _prune(rows, expr, [stats_guarantee(r, names) for r in rows], self.index_schema, self.location)
 
     def full_path(self, rel: str) -> str:
-        return os.path.join(self.location, rel)
+        return fmt.data_path(self.location, rel)
 
     # -- commits ---------------------------------------------------------------
     def commit_refs(self, change: Callable[[Entry], dict[str, Any] | None], op: str) -> Entry | None:

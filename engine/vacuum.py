@@ -25,13 +25,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from . import format as fmt
 from .errors import UserInputError
 from .retention import expired
 from .storage import Storage
 
 # Directories (relative to the dataset) whose files belong to snapshots.
-DATA_DIRS = ("data", "metadata/manifests", "metadata/changes")
-LOG_DIR = "metadata/log"
+DATA_DIRS = fmt.COLLECTABLE_DIRS
+LOG_DIR = fmt.LOG_DIR
 TMP_PREFIX = ".tmp-"
 
 

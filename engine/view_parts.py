@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 
+from . import format as fmt
 from .errors import NotFoundError, UserInputError
 from .filters import Predicate
 from .options import FileOptions
-from .reads import as_record_type
 from .records import REF_TYPE, RecordReader
+from .refs import by_bytes, read_index, ref_columns, resolve  # noqa: F401 (resolve: used by views)
 from .storage import Storage
 from .writes import FileWriter, key_mask
 
@@ -88,7 +88,7 @@ class FileRange(Part):
 
 
 def _read_index(location: str, path: str, schema: pa.Schema) -> pa.Table:
-    return pds.dataset(os.path.join(location, path), schema=schema, format="parquet").to_table()
+    return read_index(location, path, schema)
 
 
 _index_tables: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
@@ -142,20 +142,15 @@ class Applied(Part):
 
 
 # -- resolving references -------------------------------------------------------
-_readers: dict[str, RecordReader] = {}
 _storages: dict[str, tuple[tuple[int, int], Storage]] = {}
 _cache_lock = threading.Lock()
 
 
 def record_reader(location: str) -> RecordReader:
-    """One reader per dataset per process: it keeps file descriptors open."""
-    with _cache_lock:
-        r = _readers.get(location)
-        if r is None:
-            if len(_readers) >= 64:
-                _readers.pop(next(iter(_readers))).close()
-            r = _readers[location] = RecordReader(location)
-        return r
+    """A reader of the dataset at ``location``. Readers hold nothing: open files live in
+    the process-wide ``recordpool.POOL``, which closes an evicted file only once the
+    last read of it is done."""
+    return RecordReader(location)
 
 
 def open_storage(location: str) -> Storage:
@@ -165,7 +160,7 @@ def open_storage(location: str) -> Storage:
     the same path is never served from the cache.
     """
     try:
-        st = os.stat(os.path.join(location, "metadata", "dataset.json"))
+        st = os.stat(fmt.dataset_json(location))
     except FileNotFoundError:
         raise NotFoundError(f"no spacefs dataset at {location}") from None
     stamp = (st.st_ino, st.st_mtime_ns)
@@ -181,24 +176,6 @@ def open_storage(location: str) -> Storage:
     return s
 
 
-def resolve(table: pa.Table, roots: dict[str, str], schema: pa.Schema) -> pa.Table:
-    """Replace the reference columns named in ``roots`` (column -> dataset location)
-    by the record bytes, typed as in ``schema``."""
-    todo = [n for n in table.column_names if n in roots and table.schema.field(n).type == REF_TYPE]
-    if not todo:
-        return table
-    cols, fields = [], []
-    for name in table.column_names:
-        col = table.column(name)
-        f = table.schema.field(name)
-        if name in todo:
-            f = schema.field(name)
-            col = as_record_type(record_reader(roots[name]).scan_refs(col.combine_chunks()), f.type)
-        cols.append(col)
-        fields.append(f)
-    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
-
-
 def ref_schema(schema: pa.Schema, roots: dict[str, str]) -> pa.Schema:
     """``schema`` with the fields carried as references typed as references."""
     return pa.schema([pa.field(f.name, REF_TYPE) if f.name in roots else f for f in schema])
@@ -207,24 +184,7 @@ def ref_schema(schema: pa.Schema, roots: dict[str, str]) -> pa.Schema:
 def bounded(t: pa.Table, roots: dict[str, str], limit: int = RESOLVE_BYTES) -> Iterator[pa.Table]:
     """``t`` in slices whose referenced records add up to about ``limit`` bytes, so
     resolving them keeps memory flat however many rows a part holds."""
-    refs = [n for n in t.column_names if n in roots and t.schema.field(n).type == REF_TYPE]
-    if not refs or t.num_rows <= 1:
-        yield t
-        return
-    sizes = np.zeros(t.num_rows, dtype=np.int64)
-    for n in refs:
-        sizes += pc.fill_null(t.column(n).combine_chunks().field("size"), 0).to_numpy(zero_copy_only=False)
-    cum = np.cumsum(sizes)
-    if cum[-1] <= limit:
-        yield t
-        return
-    cuts = np.searchsorted(cum, np.arange(limit, int(cum[-1]), limit), side="right")
-    start = 0
-    for c in [*cuts.tolist(), t.num_rows]:
-        c = max(int(c), start + 1)
-        if start < t.num_rows and c > start:
-            yield t.slice(start, c - start)
-        start = c
+    return by_bytes(t, ref_columns(t, roots), limit)
 
 
 def finish(part: Part, filter_: Predicate | None, names: list[str], roots: dict[str, str],

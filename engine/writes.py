@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import failpoints
+from . import format as fmt
 from . import schema as sch
 from .errors import PrimaryKeyExistsError, SchemaError
 from .filters import predicate
@@ -88,7 +88,7 @@ class FileWriter:
             has_nulls = values.null_count > 0
             if has_nulls:
                 values = pc.if_else(valid, values, pa.scalar(b"", pa.binary()))
-            rel = f"data/records/{f.name}/{uuid.uuid4().hex}.array_record"
+            rel = fmt.new_record_file(f.name)
             os.makedirs(os.path.dirname(self._path(rel)), exist_ok=True)
             self.written.append(rel)
             offsets = write_records(self._path(rel), values, self.options.record_options)
@@ -108,7 +108,7 @@ class FileWriter:
     def write_index(self, index: pa.Table, rewrite_of: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write an index file. A rewrite (``rewrite_of`` the file it shrinks) keeps the
         parent's min/max and record-file list: still true bounds, and no recomputation."""
-        rel = f"data/index/{uuid.uuid4().hex}.parquet"
+        rel = fmt.new_index_file()
         self.written.append(rel)
         pq.write_table(index, self._path(rel), compression=self.options.parquet_compression,
                        use_dictionary=self._dictionary_columns(),
@@ -302,7 +302,7 @@ class RowRemover:
         self.writer.written[:] = [w for w in self.writer.written if w not in new_paths]
         self.removed_rows = pa.concat_tables([gone for _, gone, _ in hits])
         keys = self.removed_rows.select(pk)
-        rel = f"metadata/changes/{uuid.uuid4().hex}.parquet"
+        rel = fmt.new_changes_file()
         pq.write_table(keys, st.full_path(rel))
         plan.deleted = rel
         plan.temp_files.append(rel)

@@ -34,6 +34,7 @@ import pyarrow as pa
 import trio
 
 from spacefs.engine import errors
+from spacefs.engine import format as fmt
 from spacefs.engine.catalog import DirCatalog, validate_name
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.storage import Storage
@@ -173,7 +174,7 @@ class ControlServer:
                  trust_views: bool = False, on_commit: Callable[[], None] | None = None,
                  limits: Limits | None = None, threads: int = 4):
         self.source = os.path.abspath(source)
-        self.catalog = not os.path.isfile(os.path.join(self.source, "metadata", "dataset.json"))
+        self.catalog = not fmt.is_dataset(self.source)
         self.owner = os.geteuid()
         self.policy = Policy(self.owner, allow_other, writers or Grants(), trust_views)
         self.on_commit = on_commit or (lambda: None)
@@ -443,7 +444,7 @@ class ControlServer:
             return self.source
         validate_name(name)
         path = os.path.join(self.source, name)
-        if not os.path.isfile(os.path.join(path, "metadata", "dataset.json")):
+        if not fmt.is_dataset(path):
             raise errors.NotFoundError(f"catalog {self.source} has no dataset named {name!r}")
         return path
 

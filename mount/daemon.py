@@ -5,7 +5,8 @@ socket, mount (``pyfuse3.init``, ``auto_unmount`` so the kernel mount goes away 
 this process is killed), then in one trio nursery serve FUSE requests, the control
 socket, the commit watcher and signals. SIGTERM, SIGINT and SIGHUP end the FUSE loop;
 an unmount from outside (``fusermount3 -u``) ends it too. Then everything is torn down
-in reverse: tasks cancelled, the file system unmounted, socket and state files removed.
+in reverse (one exit stack): tasks cancelled, the file system unmounted, state and socket
+files removed, the tree's datasets and every open record file closed.
 ``--ready-fd`` receives one line, ``ok`` or the error, once the mount is serving.
 """
 
@@ -22,6 +23,8 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
+from spacefs.engine.recordpool import POOL
+
 from . import paths
 from .access import Grants
 from .control import ControlServer, Limits
@@ -31,15 +34,22 @@ from .tree import Tree
 log = logging.getLogger("spacefs.mount")
 
 POLL_INTERVAL = 0.25
+# Record files no read touched for this long are closed (the versions nobody reads any
+# more): a mount following commits for weeks keeps a flat number of descriptors.
+IDLE_CLOSE = float(os.environ.get("SPACEFS_IDLE_CLOSE", "60"))
 
 
 async def _watch(tree: Tree, ops: FuseOps, interval: float, poke: trio.MemoryReceiveChannel) -> None:
     """Poll the datasets' log heads; make the kernel forget refs that moved."""
     limiter = trio.CapacityLimiter(1)
+    next_sweep = trio.current_time() + IDLE_CLOSE / 4
     while True:
         with trio.move_on_after(interval):
             await poke.receive()
         try:
+            if trio.current_time() >= next_sweep:
+                next_sweep = trio.current_time() + IDLE_CLOSE / 4
+                await trio.to_thread.run_sync(POOL.close_idle, IDLE_CLOSE, limiter=limiter)
             changes = await trio.to_thread.run_sync(tree.poll, limiter=limiter)
             if changes:
                 n = await ops.invalidate(changes)
@@ -76,32 +86,38 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
     ``allow_writes_from`` names users or groups that may write over the control socket
     (besides the owner and root); ``trust_views`` lets refresh run view definitions
     written by other users; ``limits`` are ``NAME=VALUE`` overrides of ``control.Limits``.
+
+    Every resource goes on one exit stack the moment it is acquired, so whatever step
+    fails (or however the serving ends) what was set up is undone in reverse order, once.
     """
     ready = ready or (lambda msg: None)
     mountpoint = os.path.abspath(mountpoint)
     import pyarrow.dataset  # noqa: F401 - imported now, not on the first directory listing
     import pyarrow.parquet  # noqa: F401
 
-    tree = Tree(source)
-    ops = FuseOps(tree, KernelNotifier())
-    poke_send, poke_recv = trio.open_memory_channel(1)
+    with contextlib.ExitStack() as stack:
+        stack.callback(log.info, "unmounted %s", mountpoint)
+        tree = stack.enter_context(Tree(source))
+        stack.callback(POOL.close)  # last: every record file the daemon opened
+        ops = FuseOps(tree, KernelNotifier())
+        poke_send, poke_recv = trio.open_memory_channel(1)
 
-    def poke() -> None:
-        with contextlib.suppress(trio.WouldBlock):
-            poke_send.send_nowait(None)
+        def poke() -> None:
+            with contextlib.suppress(trio.WouldBlock):
+                poke_send.send_nowait(None)
 
-    control = ControlServer(source, allow_other=allow_other, writers=Grants.parse(allow_writes_from),
-                            trust_views=trust_views, on_commit=poke, limits=Limits.parse(list(limits)))
-    run_dir = paths.prepare_mount_dir(mountpoint, shared=control.shared)
-    sock_path, state_path = paths.socket_path(mountpoint), paths.state_path(mountpoint)  # before mounting
-    sock = control.bind(sock_path)
-    options = set(pyfuse3.default_options) | {"fsname=spacefs", "subtype=spacefs", "ro", "auto_unmount"}
-    if allow_other:
-        options.add("allow_other")
-    mounted = False
-    try:
+        control = ControlServer(source, allow_other=allow_other, writers=Grants.parse(allow_writes_from),
+                                trust_views=trust_views, on_commit=poke, limits=Limits.parse(list(limits)))
+        run_dir = paths.prepare_mount_dir(mountpoint, shared=control.shared)
+        sock_path, state_path = paths.socket_path(mountpoint), paths.state_path(mountpoint)  # before mounting
+        sock = control.bind(sock_path)
+        stack.callback(paths.remove_mount_files, run_dir)  # after the unmount, as launch expects
+        stack.callback(sock.close)
+        options = set(pyfuse3.default_options) | {"fsname=spacefs", "subtype=spacefs", "ro", "auto_unmount"}
+        if allow_other:
+            options.add("allow_other")
         pyfuse3.init(ops, mountpoint, options)
-        mounted = True
+        stack.callback(pyfuse3.close, unmount=True)
         paths.write_state(state_path, {"pid": os.getpid(), "source": os.path.abspath(source),
                                        "mountpoint": mountpoint, "socket": sock_path, "log": log_path,
                                        "allow_other": allow_other, "writers": control.policy.writers.names(),
@@ -109,12 +125,6 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
         log.info("mounted %s at %s (control socket %s%s)", source, mountpoint, sock_path,
                  f"; writes also from {', '.join(control.policy.writers.names())}" if control.shared else "")
         trio.run(_serve, tree, ops, control, sock, poke_recv, interval, lambda: ready("ok"))
-    finally:
-        if mounted:
-            pyfuse3.close(unmount=True)
-        sock.close()
-        paths.remove_mount_files(run_dir)
-        log.info("unmounted %s", mountpoint)
 
 
 def main(argv: list[str] | None = None) -> int:

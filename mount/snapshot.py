@@ -27,7 +27,7 @@ from spacefs.engine.layout import encode_component, format_path, layout_fields
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Storage
 
-from .recread import INLINE_MAX, RecordFiles, read_range
+from .recread import INLINE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
 
@@ -225,20 +225,25 @@ class SnapshotView:
             return self._refs[field].size[row]
         return len(self.value_bytes(row, field))
 
-    def read_record(self, files: RecordFiles, reader: RecordReader, row: int, field: str, start: int,
-                    length: int, io: bool) -> bytes | None:
+    def read_record(self, reader: RecordReader, row: int, field: str, start: int, length: int,
+                    io: bool) -> bytes | None:
         """Bytes ``[start, start+length)`` of a record, by range when the file allows it.
-        With ``io=False`` only from the page cache, and None if that would block."""
+        With ``io=False`` only from the page cache through an already open file, and None
+        if that would block."""
         r = self._refs[field]
         rel = r.file_names[r.file_idx[row]]
         size, off = r.size[row], int(r.offset[row])
         if off >= 0:
-            fd = files.open(rel) if io else files.get(rel)
-            if fd is not None:
-                if not io and length > INLINE_MAX:
-                    return None
-                return read_range(fd, off, start, length, nowait=not io)
-            return reader.read_range(rel, off, size, start, length) if io else None
+            if not io and length > INLINE_MAX:
+                return None
+            pool = reader.pool
+            h = pool.lease(reader.root, rel) if io else pool.try_lease(reader.root, rel)
+            if h is None:
+                return None
+            try:
+                return read_range(h.fd, off, start, length, nowait=not io)
+            finally:
+                pool.release(h)
         if not io:
             return None
         data = reader.read_one(rel, int(r.pos[row]), off, size)  # compressed file: whole record

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from spacefs.engine import format as fmt
 from spacefs.engine.catalog import validate_name
 from spacefs.engine.errors import SpaceError
 from spacefs.engine.log import Entry
@@ -33,7 +34,6 @@ from spacefs.engine.records import RecordReader
 from spacefs.engine.retention import expired
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
 
-from .recread import RecordFiles
 from .snapshot import RowNames, SnapshotView
 
 # Node kinds.
@@ -45,6 +45,7 @@ DIR, REG, LINK = "dir", "file", "link"
 _DIRS = {ROOT, DS, VERSIONS, TAGS, BRANCHES, VER, INDEX, ROWS, ROW, FILES}
 _LINKS = {CURRENT, TAG, BRANCH}
 VIEW_CACHE = 16
+LOCK_STRIPES = 64
 
 log = logging.getLogger("spacefs.mount")
 
@@ -92,7 +93,6 @@ class _DsState:
     head: Entry
     seq: int
     reader: RecordReader
-    files: RecordFiles
     identity: _Identity
     inc: int = 0
     layout_gen: int = 0
@@ -106,6 +106,10 @@ class _DsState:
     @property
     def head_ns(self) -> int:
         return _ns(self.head.doc.get("time"))
+
+    def close(self) -> None:
+        """The tree no longer serves this dataset: give back its open record files."""
+        self.storage.close()
 
 
 class _Identity(NamedTuple):
@@ -176,7 +180,7 @@ class Tree:
 
     def __init__(self, source: str):
         self.source = os.path.abspath(source)
-        if os.path.isfile(os.path.join(self.source, "metadata", "dataset.json")):
+        if fmt.is_dataset(self.source):
             self.catalog = False
             self.single = os.path.basename(self.source.rstrip("/"))
             self.root = Node(DS, self.single)
@@ -190,7 +194,9 @@ class Tree:
         self._states: dict[str, _DsState] = {}
         self._views: dict[tuple[str, int, int, int], SnapshotView] = {}
         self._incs: dict[str, int] = {}  # incarnation of each dataset name (bumped when it goes)
-        self._locks: dict[Any, threading.Lock] = {}
+        # Striped build locks: a fixed set however many snapshots are served (no method
+        # holds one key lock while taking another, so two keys sharing a stripe only wait).
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._lock = threading.Lock()
         self._seen: set[str] = set(self._list_datasets()) if self.catalog else set()
         self._pending: list[Invalidation] = []  # found outside poll(), sent by the next one
@@ -202,18 +208,21 @@ class Tree:
     def _list_datasets(self) -> list[str]:
         if not self.catalog:
             return [self.single]
-        out = []
-        for name in sorted(os.listdir(self.source)):
-            if not name.startswith(".") and os.path.isfile(os.path.join(self.source, name, "metadata", "dataset.json")):
-                out.append(name)
-        return out
+        return fmt.datasets_in(self.source)
 
     def _key_lock(self, key: Any) -> threading.Lock:
-        with self._lock:
-            lk = self._locks.get(key)
-            if lk is None:
-                lk = self._locks[key] = threading.Lock()
-            return lk
+        return self._locks[hash(key) % LOCK_STRIPES]
+
+    def close(self) -> None:
+        """Release every dataset's open files and caches. Idempotent."""
+        for name in list(self._states):
+            self._forget(name)
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def state(self, name: str, io: bool = True) -> _DsState:
         st = self._states.get(name)
@@ -240,8 +249,7 @@ class Tree:
                 except (SpaceError, FileNotFoundError, NotADirectoryError):
                     raise _enoent(name) from None
                 head = storage.head()
-                st = _DsState(storage, head, head.seq, RecordReader(storage.location), RecordFiles(storage.location),
-                              identity, inc)
+                st = _DsState(storage, head, head.seq, RecordReader(storage.location), identity, inc)
                 with self._lock:
                     if self._inc(name) == inc:  # (not forgotten while it was built)
                         self._states[name] = st
@@ -502,7 +510,7 @@ class Tree:
         if offset >= total:
             return b""
         st = self.state(node.ds, io)
-        data = v.read_record(st.files, st.reader, node.row, field_, offset, min(size, total - offset), io)
+        data = v.read_record(st.reader, node.row, field_, offset, min(size, total - offset), io)
         if data is None:
             raise NeedsIO  # not in the page cache: read it in a worker thread
         return data
@@ -532,9 +540,11 @@ class Tree:
         another incarnation with other nodes."""
         with self._lock:
             self._incs[name] = self._incs.get(name, 0) + 1
-            self._states.pop(name, None)
+            st = self._states.pop(name, None)
             for key in [k for k in self._views if k[0] == name]:
                 del self._views[key]
+        if st is not None:
+            st.close()  # its open record files go back to the pool
 
     def _recreated(self, name: str) -> list[Invalidation]:
         """``name`` now holds another dataset (deleted and created again): its

@@ -15,7 +15,16 @@ from spacefs.engine import (
     TfFeatures,
     errors,
 )
-from spacefs.mount.client import connect
 from spacefs.random_access import RandomAccessDataSource
+
+
+def __getattr__(name: str):
+    # ``connect`` lives in the mount layer: loaded on first use, so importing the
+    # engine (which imports this package first) never loads the mount.
+    if name == "connect":
+        from spacefs.mount.client import connect
+
+        return connect
+    raise AttributeError(f"module 'spacefs' has no attribute {name!r}")
 
 __all__ = ["ChangeData", "ChangeType", "Dataset", "DirCatalog", "FileOptions", "JobResult", "MaterializedView", "RandomAccessDataSource", "RayOptions", "TfFeatures", "connect", "errors"]

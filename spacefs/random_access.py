@@ -5,13 +5,16 @@ row order of that snapshot's index together with the record references as numpy 
 A batch of rows (``__getitems__``) is then one vectorized lookup plus one copy per record
 out of a read-only memory map of its ArrayRecord file (records past ``MMAP_MAX`` take one
 ``pread`` each; with ``mmap=False`` all go through ``RecordReader.read_batch``'s sorted,
-merged ``pread`` calls). The object pickles small and never uses a map or descriptor opened
-before a ``fork``, so DataLoader and Grain worker processes use it as they receive it.
+merged ``pread`` calls). Maps and descriptors belong to the process-wide record pool
+(``spacefs.engine.recordpool``), which a forked child empties before it runs: the object
+pickles small, and DataLoader and Grain worker processes use it as they receive it.
+``close()`` (or a ``with`` block, or dropping the source) gives its files back.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,7 @@ import pyarrow as pa
 
 from spacefs.engine import Dataset
 from spacefs.engine.errors import SchemaError, UserInputError
+from spacefs.engine.recordpool import POOL
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Version
 
@@ -88,25 +92,31 @@ def _index_values(column: pa.ChunkedArray) -> pa.Array | np.ndarray:
 
 
 class _Group:
-    """One dataset read from: its pinned snapshot and a record reader per process."""
+    """One dataset read from: its pinned snapshot and its record reader. The reader
+    holds no descriptors (the process-wide pool does, and a forked child starts with an
+    empty pool), so the group pickles and forks as it is."""
 
     def __init__(self, ds: Dataset, version: Version, mmap_max: int):
         self.mmap_max = mmap_max
         self.location = ds.location
         self.name = ds.name
         self.snapshot_id = ds.snapshot_id(version)
-        self.reader: RecordReader | None = None
-        self.reader_pid = -1
+        self.reader = RecordReader(self.location, mmap_max=mmap_max)
 
     def record_reader(self) -> RecordReader:
-        # One reader per process: descriptors opened before a fork are not shared.
-        if self.reader is None or self.reader_pid != os.getpid():
-            self.reader = RecordReader(self.location, max_open=1024, mmap_max=self.mmap_max)
-            self.reader_pid = os.getpid()
         return self.reader
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "reader": None, "reader_pid": -1}
+        return {k: v for k, v in self.__dict__.items() if k != "reader"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.reader = RecordReader(self.location, mmap_max=self.mmap_max)
+
+
+def _detach(roots: list[str]) -> None:
+    for r in roots:
+        POOL.detach(r)
 
 
 class RandomAccessDataSource:
@@ -157,6 +167,7 @@ class RandomAccessDataSource:
                 )
         # Pin every version first, so a bad version fails before anything is read.
         self._groups = [_Group(ds, version, MMAP_MAX if mmap else 0) for ds, _ in groups.values()]
+        self._own()
         self._refs: dict[str, tuple[_Group, _Refs]] = {}
         self._values: dict[str, pa.Array | np.ndarray] = {}
         self._keys: list[str] = []
@@ -195,6 +206,30 @@ class RandomAccessDataSource:
                               f"({pos.null_count} missing, {t.num_rows} rows against {base.num_rows}); fields of "
                               "several datasets are lined up by primary key")
         return t.take(pos)
+
+    # -- ownership -----------------------------------------------------------------
+    def _own(self) -> None:
+        # One claim per dataset on the pool's open files, given back by ``close`` or when
+        # the source is collected: a dropped source leaves no descriptor behind.
+        self._closer = weakref.finalize(self, _detach, [POOL.attach(g.location) for g in self._groups])
+
+    def close(self) -> None:
+        """Give back this source's claim on the open record files (closed once no other
+        reader of their datasets is left). Reading again afterwards still works."""
+        self._closer()
+
+    def __enter__(self) -> RandomAccessDataSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_closer"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._own()
 
     # -- sizes and versions ----------------------------------------------------
     def __len__(self) -> int:

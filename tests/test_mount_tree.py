@@ -292,23 +292,25 @@ def test_dependencies_point_one_way():
 
 
 def test_record_ranges_with_and_without_waiting(tmp_path):
-    from spacefs.mount.recread import RecordFiles, read_range
+    from spacefs.engine.recordpool import POOL
+    from spacefs.mount.recread import read_range
 
     schema = pa.schema([("id", pa.int64()), ("blob", pa.binary())])
     ds = Dataset.create(str(tmp_path / "r"), schema, ["id"], ["blob"])
     blobs = [os.urandom(n) for n in (10, 70_000, 200_000)]
     ds.local().append({"id": [1, 2, 3], "blob": blobs})
     refs = ds.local().read_all(reference_read=True).column("blob").to_pylist()
-    files = RecordFiles(ds.location)
-    try:
-        for ref, blob in zip(refs, blobs, strict=True):
-            fd = files.open(ref["file"])
-            assert files.get(ref["file"]) == fd
+    for ref, blob in zip(refs, blobs, strict=True):
+        h = POOL.lease(ds.location, ref["file"])
+        try:
+            again = POOL.try_lease(ds.location, ref["file"])
+            assert again is h
+            POOL.release(again)
             for start, n in [(0, len(blob)), (5, 3), (65_000, 1_000), (len(blob) - 1, 1)]:
                 n = max(0, min(n, len(blob) - start))
                 want = blob[start : start + n]
-                assert read_range(fd, ref["offset"], start, n) == want
-                got = read_range(fd, ref["offset"], start, n, nowait=True)
+                assert read_range(h.fd, ref["offset"], start, n) == want
+                got = read_range(h.fd, ref["offset"], start, n, nowait=True)
                 assert got is None or got == want  # None only if not in the page cache
-    finally:
-        files.close()
+        finally:
+            POOL.release(h)

@@ -24,6 +24,7 @@ import click
 import pyarrow as pa
 
 from spacefs.cli import echo_json, main, note, quiet
+from spacefs.engine import format as fmt
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.errors import NotFoundError, UserInputError
 from spacefs.engine.retention import expired
@@ -144,11 +145,10 @@ def ls_cmd(catalog: str, as_json: bool) -> None:
     """List the datasets of CATALOG: kind, rows on main, latest snapshot, last change."""
     if not os.path.isdir(catalog):
         raise NotFoundError(f"no catalog directory at {catalog}")
-    if os.path.isfile(os.path.join(catalog, "metadata", "dataset.json")):
+    if fmt.is_dataset(catalog):
         paths = [catalog]  # a dataset directory lists itself
     else:
-        paths = [os.path.join(catalog, n) for n in sorted(os.listdir(catalog))
-                 if not n.startswith(".") and os.path.isfile(os.path.join(catalog, n, "metadata", "dataset.json"))]
+        paths = [os.path.join(catalog, n) for n in fmt.datasets_in(catalog)]
     if not paths:
         if as_json:
             echo_json([])
@@ -344,7 +344,7 @@ def diff_cmd(dataset: str, from_version: str, to_version: str, limit: int, summa
 # -- sql -------------------------------------------------------------------------
 def _sql_sources(path: str, version: str | None) -> dict[str, tuple[Dataset, str | None]]:
     """``name -> (dataset, version)`` for a dataset directory or a catalog of them."""
-    if os.path.isfile(os.path.join(path, "metadata", "dataset.json")):
+    if fmt.is_dataset(path):
         ds = open_dataset(path)
         return {ds.name: (ds, version)}
     if not os.path.isdir(path):
@@ -352,10 +352,8 @@ def _sql_sources(path: str, version: str | None) -> dict[str, tuple[Dataset, str
     if version is not None:
         raise UserInputError("sql: --version applies to a dataset directory, not a catalog")
     out = {}
-    for n in sorted(os.listdir(path)):
-        sub = os.path.join(path, n)
-        if not n.startswith(".") and os.path.isfile(os.path.join(sub, "metadata", "dataset.json")):
-            out[n] = (open_dataset(sub), None)
+    for n in fmt.datasets_in(path):
+        out[n] = (open_dataset(os.path.join(path, n)), None)
     if not out:
         raise NotFoundError(f"no datasets in {path}")
     return out

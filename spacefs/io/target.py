@@ -23,6 +23,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from spacefs.engine import Dataset
+from spacefs.engine import format as fmt
 from spacefs.engine.errors import AlreadyExistsError, NotFoundError, SchemaError, UserInputError
 from spacefs.engine.layout import check_relative_path
 
@@ -53,7 +54,7 @@ class ImportResult:
 
 
 def is_dataset(location: str) -> bool:
-    return os.path.isfile(os.path.join(str(location), "metadata", "dataset.json"))
+    return fmt.is_dataset(str(location))
 
 
 def check_mode(mode: str) -> str:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spacefs.engine import RayOptions
+from spacefs.engine import format as fmt
 from spacefs.engine.errors import NotFoundError, SchemaError, SpaceError, UserInputError
 from spacefs.engine.layout import encode_component
 
@@ -207,7 +208,7 @@ def import_webdataset(src: str | Sequence[str], location: str, text_exts: Iterab
     files = shard_files(src)
     scan = scan_shards(files)
     total = sum(scan.samples.values())
-    if os.path.isfile(os.path.join(str(location), "metadata", "dataset.json")):
+    if fmt.is_dataset(str(location)):
         schema = open_dataset(location).schema  # the dataset decides which extensions are text
         _check_extensions(schema, scan.extensions, key_field, files[0])
         record_fields: list[str] = []
