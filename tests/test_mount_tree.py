@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -399,3 +400,18 @@ def test_record_ranges_with_and_without_waiting(tmp_path):
                 assert got is None or got == want  # None only if not in the page cache
     finally:
         files.close()
+
+
+def test_info_reports_colliding_paths(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"], file_layout={"path": "{label}", "content": "img"})
+    ds.local().append({"id": [1, 2, 3, 4], "label": ["a", "a", "b", "c"], "img": [b"1", b"2", b"3", b"4"]})
+    ds.local().append({"id": [1, 5], "label": ["c", "d"], "img": [b"x", b"5"]})
+    run = [sys.executable, "-m", "spacefs.cli", "info", ds.location]
+    out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert "colliding paths: 1 in rows/, 2 in files/" in out
+    doc = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True, check=True).stdout)
+    assert doc["colliding_paths"] == {"rows": 1, "files": 2}
+    doc = json.loads(subprocess.run(run + ["--json", "--version", "1"], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert doc["colliding_paths"] == {"rows": 0, "files": 1}
