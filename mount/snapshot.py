@@ -1,6 +1,6 @@
 """One immutable snapshot seen as files: its rows by key, its field values as bytes.
 
-A ``SnapshotView`` is built once per (dataset, snapshot, file layout) from the index
+A ``SnapshotView`` is built once per (dataset, snapshot) (its layout is its own) from the index
 Parquet files alone (``reference_read=True``): record fields stay references, so the
 view knows every file's exact size and where its bytes lie without reading a record.
 Snapshots never change, so a view never needs invalidating; the tree caches a few.
