@@ -229,7 +229,19 @@ class Dataset:
             # Checked against the head the commit lands on, not the one read above.
             return None if self._storage.file_layout(base) == layout else Plan()
 
-        snap = self._storage.commit_snapshot(self._branch, "set_file_layout", plan, message=message,
+        def settings(head: Entry) -> dict[str, Any]:
+            # A materialized view's new snapshot reflects the same source snapshots as
+            # its parent: carried over, or the next refresh would rebuild from scratch.
+            base = head.branches.get(self._branch)
+            marks = head.settings.get("mv") or {}
+            mark = marks.get(str(base))
+            if mark is None and base == 0 and self._storage.kind == "mv":
+                mark = [0] * len((self._storage.meta.get("view") or {}).get("sources") or [])
+            if mark is None:
+                return head.settings
+            return {**head.settings, "mv": {**marks, str(head.last_snapshot_id + 1): mark}}
+
+        snap = self._storage.commit_snapshot(self._branch, "set_file_layout", plan, settings, message=message,
                                              snapshot_extra={"file_layout": layout}, keep_empty=True)
         return JobResult.from_snapshot(self._storage, snap)
 
