@@ -415,3 +415,27 @@ def test_info_reports_colliding_paths(tmp_path):
     doc = json.loads(subprocess.run(run + ["--json", "--version", "1"], capture_output=True, text=True,
                                     check=True).stdout)
     assert doc["colliding_paths"] == {"rows": 0, "files": 1}
+
+
+def test_snapshots_written_before_per_snapshot_layouts_use_the_log_settings(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"],
+                        file_layout={"path": "{label}/{id}", "content": "img"})
+    ds.local().append({"id": [1, 2], "label": ["a", "b"], "img": [b"1", b"2"]})
+    # what an older writer left: snapshots without a layout of their own
+    log_dir = os.path.join(ds.location, "metadata", "log")
+    for name in os.listdir(log_dir):
+        if name.endswith(".json"):
+            with open(os.path.join(log_dir, name), "r+") as f:  # in place: snapshots/ links stay links
+                doc = json.load(f)
+                if doc.get("snapshot"):
+                    doc["snapshot"].pop("file_layout", None)
+                f.seek(0)
+                f.truncate()
+                json.dump(doc, f)
+    ds = Dataset.load(ds.location)
+    assert ds.file_layout == {"path": "{label}/{id}", "content": "img"}
+    assert names(Tree(ds.location), "versions/1/files") == ["a", "b"]
+    ds.set_file_layout({"path": "{id}", "content": "img"})
+    t = Tree(ds.location)
+    assert names(t, "versions/1/files") == ["a", "b"] and names(t, "versions/2/files") == ["1", "2"]
