@@ -13,7 +13,7 @@ from .layout import format_path, layout_fields, validate_layout
 from .log import Entry
 from .options import FileOptions, RayOptions
 from .runners import LocalRunner
-from .storage import DEFAULT_BRANCH, Storage, Version, validate_ref_name
+from .storage import DEFAULT_BRANCH, Plan, Storage, Version, validate_ref_name
 from .types import JobResult
 
 if TYPE_CHECKING:
@@ -212,12 +212,19 @@ class Dataset:
     # -- layout ----------------------------------------------------------------
     @property
     def file_layout(self) -> dict[str, str] | None:
-        """The file layout (``{"path": template, "content": field}``) or None."""
-        return self._storage.head().settings.get("file_layout")
+        """The file layout (``{"path": template, "content": field}``) of the current
+        branch head, or None."""
+        head = self._storage.head()
+        return self._storage.file_layout(self._storage.resolve(None, self._branch, head), head)
 
-    def set_file_layout(self, layout: dict[str, str] | None) -> None:
-        """Set (or clear) the file layout; refused if two rows of the current branch
-        would land on the same path."""
+    def set_file_layout(self, layout: dict[str, str] | None, message: str | None = None) -> JobResult:
+        """Set (or clear) the file layout of the current branch.
+
+        The layout belongs to the snapshot: this commits a new snapshot (same rows,
+        new layout), so older versions keep showing the tree they showed. Refused if
+        two rows of the branch head would land on the same path; SKIPPED when the
+        layout is already that one.
+        """
         if layout is not None:
             validate_layout(layout, self.schema, self.record_fields)
             fields = sorted(set(layout_fields(layout["path"])))
@@ -229,10 +236,25 @@ class Dataset:
                     raise UserInputError(f"{self.name}: file_layout puts two rows at {p!r}")
                 seen[p] = i
 
-        def change(head: Entry) -> dict[str, Any]:
-            return {"settings": {**head.settings, "file_layout": layout}}
+        def plan(base: int) -> Plan | None:
+            # Checked against the head the commit lands on, not the one read above.
+            return None if self._storage.file_layout(base) == layout else Plan()
 
-        self._storage.commit_refs(change, "set_file_layout")
+        def settings(head: Entry) -> dict[str, Any]:
+            # A materialized view's new snapshot reflects the same source snapshots as
+            # its parent: carried over, or the next refresh would rebuild from scratch.
+            base = head.branches.get(self._branch)
+            marks = head.settings.get("mv") or {}
+            mark = marks.get(str(base))
+            if mark is None and base == 0 and self._storage.kind == "mv":
+                mark = [0] * len((self._storage.meta.get("view") or {}).get("sources") or [])
+            if mark is None:
+                return head.settings
+            return {**head.settings, "mv": {**marks, str(head.last_snapshot_id + 1): mark}}
+
+        snap = self._storage.commit_snapshot(self._branch, "set_file_layout", plan, settings, message=message,
+                                             snapshot_extra={"file_layout": layout}, keep_empty=True)
+        return JobResult.from_snapshot(self._storage, snap)
 
     # -- inspection ------------------------------------------------------------
     def index_files(self, version: Version = None) -> list[str]:

@@ -171,7 +171,8 @@ class Storage:
             with open(path, "wb") as f:
                 f.write(data)
         snap0 = {"id": 0, "parent": None, "branch": DEFAULT_BRANCH, "time": meta["created"], "op": "create",
-                 "manifests": [], "delta": None, "deleted": None, "stats": {"rows": 0, "index_files": 0, "index_bytes": 0, "record_bytes": 0}}
+                 "manifests": [], "delta": None, "deleted": None, "stats": {"rows": 0, "index_files": 0, "index_bytes": 0, "record_bytes": 0},
+                 "file_layout": file_layout}
         doc = {"seq": 0, "time": meta["created"], "op": "create", "last_snapshot_id": 0,
                "branches": {DEFAULT_BRANCH: 0}, "tags": {}, "settings": {"file_layout": file_layout}, "snapshot": snap0}
         MetadataLog(staging).init(doc)
@@ -224,6 +225,14 @@ class Storage:
                 while len(self._snapshots) > 4096:
                     self._snapshots.popitem(last=False)
         return s
+
+    def file_layout(self, sid: int, head: Entry | None = None) -> dict[str, str] | None:
+        """The file layout of snapshot ``sid``: the one stored with it, or (snapshots
+        written before layouts belonged to snapshots) the log settings' ``file_layout``."""
+        snap = self.snapshot(sid)
+        if "file_layout" in snap:
+            return snap["file_layout"]
+        return (head or self.head()).settings.get("file_layout")
 
     def live_files(self, sid: int) -> pa.Table:
         """Manifest rows of the data files (index and record) of snapshot ``sid``."""
@@ -299,6 +308,7 @@ class Storage:
                 new_settings = settings(head) if settings else head.settings
                 sid = head.last_snapshot_id + 1
                 snap, created = self._snapshot_doc(sid, base, branch, op, p)
+                snap["file_layout"] = self.file_layout(base, head)  # a snapshot keeps its parent's layout
                 if message:
                     snap["message"] = str(message)
                 snap.update(snapshot_extra or {})

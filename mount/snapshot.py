@@ -1,6 +1,6 @@
 """One immutable snapshot seen as files: its rows by key, its field values as bytes.
 
-A ``SnapshotView`` is built once per (dataset, snapshot, file layout) from the index
+A ``SnapshotView`` is built once per (dataset, snapshot) (its layout is its own) from the index
 Parquet files alone (``reference_read=True``): record fields stay references, so the
 view knows every file's exact size and where its bytes lie without reading a record.
 Snapshots never change, so a view never needs invalidating; the tree caches a few.
@@ -19,17 +19,28 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.types as pat
 
 from spacefs.engine.dataset import Dataset
-from spacefs.engine.layout import encode_component, format_path, layout_fields
+from spacefs.engine.layout import (
+    FilesIndex,
+    key_names,
+    last_wins,
+    layout_paths,
+    place,
+    row_snapshots,
+    write_order,
+)
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Storage
 
 from .recread import INLINE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
+
+
+def _ns(iso: str | None) -> int:
+    return int(dt.datetime.fromisoformat(iso).timestamp() * 1e9) if iso else 0
 
 
 class _Refs:
@@ -76,53 +87,6 @@ def format_value(value: Any, typ: pa.DataType) -> bytes:
     return str(value).encode() + b"\n"
 
 
-_NEEDS_ENCODING = r"[/%,\x00-\x1f\x7f]|^\.|^$"
-
-
-def _encoded(col: pa.ChunkedArray) -> list[str]:
-    """Key values as path components (``encode_component``), vectorised for the common
-    cases: integers never need encoding, most strings do not."""
-    typ = col.type
-    if col.null_count == 0 and pat.is_integer(typ):
-        return pc.cast(col, pa.string()).to_pylist()
-    if col.null_count == 0 and (pat.is_string(typ) or pat.is_large_string(typ)):
-        values = col.to_pylist()
-        bad = pc.match_substring_regex(col, _NEEDS_ENCODING)
-        if not pc.any(bad).as_py():
-            return values
-        return [encode_component(v) if b else v for v, b in zip(values, bad.to_pylist(), strict=True)]
-    return [encode_component(v) for v in col.to_pylist()]
-
-
-class FilesIndex:
-    """The ``files/`` tree of a file layout: directories, and a row per file path."""
-
-    def __init__(self) -> None:
-        self.dirs: dict[str, list[tuple[str, bool, int]]] = {"": []}
-        self.files: dict[str, int] = {}
-
-    def add(self, path: str, row: int) -> bool:
-        parts = [p for p in path.split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts):
-            return False
-        full = "/".join(parts)
-        if full in self.files or full in self.dirs:
-            return False
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in self.files:
-                return False
-        parent = ""
-        for p in parts[:-1]:
-            d = f"{parent}/{p}" if parent else p
-            if d not in self.dirs:
-                self.dirs[d] = []
-                self.dirs[parent].append((p, True, -1))
-            parent = d
-        self.dirs[parent].append((parts[-1], False, row))
-        self.files[full] = row
-        return True
-
-
 class SnapshotView:
     """Rows of snapshot ``sid``: names by primary key, and field contents by row."""
 
@@ -146,6 +110,9 @@ class SnapshotView:
         self._refs: dict[str, _Refs] = {}
         self._cols: dict[str, pa.Array] = {}
         self._files: FilesIndex | None = None
+        self._order: np.ndarray | None = None  # rows in write order, oldest first
+        self.row_ns: list[int] = []  # per row: create time of the snapshot that wrote it
+        self.collisions = {"rows": 0, "files": 0}  # names more than one row rendered
 
     # -- rows ------------------------------------------------------------------
     @property
@@ -159,27 +126,31 @@ class SnapshotView:
         runner = Dataset(self.storage).local()
         t = runner.read_all(version=self.sid, reference_read=True)
         t = t.combine_chunks()
-        parts = [_encoded(t.column(k)) for k in self.storage.primary_keys]
-        all_names = parts[0] if len(parts) == 1 else [",".join(v) for v in zip(*parts, strict=True)]
-        by_name = dict(zip(all_names, range(len(all_names)), strict=True))
+        self._write_order(t.num_rows)
+        all_names = key_names(t, self.storage.primary_keys)
+        by_name, dups = last_wins(all_names, self._order)
         names: list[str]
         rows: Sequence[int]
-        if len(by_name) == len(all_names):
+        if not dups:
             names, rows = all_names, range(len(all_names))
-        else:  # appends do not check keys: the first row with a name keeps it
-            by_name, names, rows = {}, [], []
-            for i, name in enumerate(all_names):
-                if name not in by_name:
-                    by_name[name] = i
-                    names.append(name)
-                    rows.append(i)
-            log.warning("%s@%d: %d rows repeat a primary key; rows/ shows the first of each",
-                        self.storage.name, self.sid, len(all_names) - len(names))
+        else:  # appends do not check keys: the row written last shows
+            rows = sorted(by_name.values())
+            names = [all_names[r] for r in rows]
+            log.warning("%s@%d: %d names are taken by more than one row; rows/ shows the row written last",
+                        self.storage.name, self.sid, dups)
+        self.collisions["rows"] = dups
         for f in self.record_fields:
             self._refs[f] = _Refs(t.column(f))
         self._table = t
         self._names, self._rows = names, rows
         self._by_name = by_name
+
+    def _write_order(self, n: int) -> None:
+        """Which snapshot wrote each row, and the rows in write order (last wins)."""
+        sids = row_snapshots(self.storage.index_entries(self.sid), n, self.sid)
+        self._order = write_order(sids)
+        times = {int(s): _ns(self.storage.snapshot(int(s))["time"]) for s in np.unique(sids)}
+        self.row_ns = [times[s] for s in sids.tolist()]
 
     def __len__(self) -> int:
         return len(self._names or ())
@@ -255,25 +226,17 @@ class SnapshotView:
         return self._files is not None
 
     def load_files(self) -> None:
-        """Place every row at its layout path (first row wins on duplicates)."""
+        """Place every row at its layout path; where rows share a path (or one's path
+        is another's directory) the row written last wins."""
         if self._files is not None or self.layout is None:
             return
         self.load_rows()
-        assert self._table is not None and self._rows is not None
-        template, content = self.layout["path"], self.layout["content"]
-        fields = sorted(set(layout_fields(template)))
-        cols = {f: self._table.column(f).to_pylist() for f in fields}
-        idx = FilesIndex()
-        skipped = 0
-        for i in self._rows:
-            if not self.has_field(i, content):
-                continue
-            path = format_path(template, {f: cols[f][i] for f in fields})
-            if not idx.add(path, i):
-                skipped += 1
-        if skipped:
-            log.warning("%s@%d: %d rows have a layout path that is taken or invalid; files/ shows the first",
-                        self.storage.name, self.sid, skipped)
+        assert self._table is not None and self._order is not None
+        idx = place(layout_paths(self._table, self.layout), self._order)
+        if idx.taken:
+            log.warning("%s@%d: %d layout paths are taken by more than one row; files/ shows the row written last",
+                        self.storage.name, self.sid, len(idx.taken))
+        self.collisions["files"] = len(idx.taken)
         self._files = idx
 
     @property

@@ -56,8 +56,8 @@ class NeedsIO(Exception):
 
 class Node(NamedTuple):
     """Identity of one file or directory. Equal nodes are the same file, forever:
-    snapshot contents never change, and nodes whose meaning depends on the file
-    layout carry its generation ``gen``. Nodes of a dataset also carry its
+    snapshot contents never change, the file layout included (it belongs to the
+    snapshot). Nodes of a dataset also carry its
     incarnation ``inc``: one deleted and created again under the same name has other
     snapshots under the same ids, so other nodes (and inodes)."""
 
@@ -66,7 +66,6 @@ class Node(NamedTuple):
     sid: int = -1
     row: int = -1
     name: str = ""
-    gen: int = 0
     inc: int = 0
 
 
@@ -95,13 +94,12 @@ class _DsState:
     reader: RecordReader
     identity: _Identity
     inc: int = 0
-    layout_gen: int = 0
     snap_ns: dict[int, int] = field(default_factory=dict)
     dir_attrs: dict[int, Attr] = field(default_factory=dict)
 
-    @property
-    def layout(self) -> dict[str, str] | None:
-        return self.head.settings.get("file_layout")
+    def layout(self, sid: int) -> dict[str, str] | None:
+        """Snapshot ``sid``'s file layout (needs its snapshot document: I/O once)."""
+        return self.storage.file_layout(sid, self.head)
 
     @property
     def head_ns(self) -> int:
@@ -264,14 +262,10 @@ class Tree:
             t = st.snap_ns[sid] = _ns(st.storage.snapshot(sid)["time"])
         return t
 
-    def view(self, ds: str, sid: int, io: bool, *, rows: bool = False, files: bool = False,
-             gen: int | None = None) -> SnapshotView:
-        """The view of snapshot ``sid``; ``gen`` (for nodes that depend on the file
-        layout) must be the current layout generation."""
+    def view(self, ds: str, sid: int, io: bool, *, rows: bool = False, files: bool = False) -> SnapshotView:
+        """The view of snapshot ``sid`` (its layout is its own: it never changes)."""
         st = self.state(ds, io)
-        if gen is not None and gen != st.layout_gen:
-            raise _enoent(f"{ds}@{sid}: the file layout changed")
-        key = (ds, sid, st.layout_gen, st.inc)
+        key = (ds, sid, st.inc)
         v = self._views.get(key)
         if v is not None and (not rows or v.rows_loaded) and (not files or v.files_loaded):
             return v
@@ -280,7 +274,7 @@ class Tree:
         with self._key_lock(key):
             v = self._views.get(key)
             if v is None:
-                v = SnapshotView(st.storage, sid, st.layout)
+                v = SnapshotView(st.storage, sid, st.layout(sid))
                 self._snap_ns(st, sid, True)  # its files' mtime: one less trip to a thread later
             if rows or files:
                 v.load_rows()
@@ -338,13 +332,13 @@ class Tree:
         if k == VER:
             st = self.state(ds, io)
             if name == "schema.json":
-                return Node(SCHEMA, ds, parent.sid, gen=st.layout_gen, inc=parent.inc)
+                return Node(SCHEMA, ds, parent.sid, inc=parent.inc)
             if name == "index":
                 return Node(INDEX, ds, parent.sid, inc=parent.inc)
             if name == "rows":
                 return Node(ROWS, ds, parent.sid, inc=parent.inc)
-            if name == "files" and st.layout is not None:
-                return Node(FILES, ds, parent.sid, gen=st.layout_gen, inc=parent.inc)
+            if name == "files" and self.view(ds, parent.sid, io).layout is not None:
+                return Node(FILES, ds, parent.sid, inc=parent.inc)
             raise _enoent(name)
         if k == INDEX:
             if name in self.view(ds, parent.sid, io).index_files:
@@ -360,13 +354,13 @@ class Tree:
                 return Node(FIELD, ds, parent.sid, parent.row, name, inc=parent.inc)
             raise _enoent(name)
         if k == FILES:
-            v = self.view(ds, parent.sid, io, files=True, gen=parent.gen)
+            v = self.view(ds, parent.sid, io, files=True)
             path = f"{parent.name}/{name}" if parent.name else name
             if path in v.files.dirs:
-                return Node(FILES, ds, parent.sid, name=path, gen=parent.gen, inc=parent.inc)
+                return Node(FILES, ds, parent.sid, name=path, inc=parent.inc)
             row = v.files.files.get(path)
             if row is not None:
-                return Node(FILE, ds, parent.sid, row, path, parent.gen, parent.inc)
+                return Node(FILE, ds, parent.sid, row, path, parent.inc)
             raise _enoent(name)
         raise NotADirectoryError(20, "Not a directory", name)
 
@@ -393,11 +387,10 @@ class Tree:
             refs, kind = (head.tags, TAG) if k == TAGS else (head.branches, BRANCH)
             return [(n, Node(kind, ds, name=n, inc=node.inc)) for n in sorted(refs)]
         if k == VER:
-            st = self.state(ds, io)
-            out = [("schema.json", Node(SCHEMA, ds, node.sid, gen=st.layout_gen, inc=node.inc)),
+            out = [("schema.json", Node(SCHEMA, ds, node.sid, inc=node.inc)),
                    ("index", Node(INDEX, ds, node.sid, inc=node.inc)), ("rows", Node(ROWS, ds, node.sid, inc=node.inc))]
-            if st.layout is not None:
-                out.append(("files", Node(FILES, ds, node.sid, gen=st.layout_gen, inc=node.inc)))
+            if self.view(ds, node.sid, io).layout is not None:
+                out.append(("files", Node(FILES, ds, node.sid, inc=node.inc)))
             return out
         if k == INDEX:
             return [(n, Node(IXFILE, ds, node.sid, name=n, inc=node.inc)) for n in self.view(ds, node.sid, io).index_files]
@@ -414,11 +407,11 @@ class Tree:
             v = self.view(ds, node.sid, io, rows=True)
             return [(f, Node(FIELD, ds, node.sid, node.row, f, inc=node.inc)) for f in v.fields_of(node.row)]
         if k == FILES:
-            v = self.view(ds, node.sid, io, files=True, gen=node.gen)
+            v = self.view(ds, node.sid, io, files=True)
             entries = v.files.dirs.get(node.name, [])
             base = f"{node.name}/" if node.name else ""
-            return _Seq(len(entries), lambda i: (entries[i][0], Node(FILES, ds, node.sid, name=base + entries[i][0], gen=node.gen, inc=node.inc)
-                                                 if entries[i][1] else Node(FILE, ds, node.sid, entries[i][2], base + entries[i][0], node.gen, node.inc)))
+            return _Seq(len(entries), lambda i: (entries[i][0], Node(FILES, ds, node.sid, name=base + entries[i][0], inc=node.inc)
+                                                 if entries[i][1] else Node(FILE, ds, node.sid, entries[i][2], base + entries[i][0], node.inc)))
         raise NotADirectoryError(20, "Not a directory", node.name)
 
     # -- attributes ------------------------------------------------------------
@@ -432,9 +425,12 @@ class Tree:
             return Attr(DIR, 0, st.head_ns, False)
         if k in _LINKS:
             return Attr(LINK, len(self.readlink(node, io)), st.head_ns, False)
-        if k in (VER, INDEX, ROWS, ROW, FILES):
-            if k == FILES:  # (a ROW node only comes from a loaded view: nothing to check)
-                self.view(node.ds, node.sid, io, files=True, gen=node.gen)
+        if k == ROW:  # a row's mtime: when the snapshot that wrote it was made
+            return Attr(DIR, 0, self.view(node.ds, node.sid, io, rows=True).row_ns[node.row], True)
+        if k in (FIELD, FILE):
+            v = self.view(node.ds, node.sid, io, rows=True)
+            return Attr(REG, self.size(node, io), v.row_ns[node.row], True)
+        if k in (VER, INDEX, ROWS, FILES):
             a = st.dir_attrs.get(node.sid)
             if a is None:  # one shared object: listings reuse what they built for the last entry
                 a = st.dir_attrs[node.sid] = Attr(DIR, 0, self._snap_ns(st, node.sid, io), True)
@@ -450,7 +446,7 @@ class Tree:
         if k == FIELD:
             return self.view(node.ds, node.sid, io, rows=True).size(node.row, node.name)
         if k == FILE:
-            v = self.view(node.ds, node.sid, io, files=True, gen=node.gen)
+            v = self.view(node.ds, node.sid, io, files=True)
             return v.size(node.row, v.layout["content"])
         raise IsADirectoryError(21, "Is a directory", node.name)
 
@@ -466,7 +462,7 @@ class Tree:
         raise OSError(22, "Invalid argument", node.name)
 
     def _schema_json(self, node: Node, io: bool) -> bytes:
-        return self.view(node.ds, node.sid, io, gen=node.gen).schema_json()
+        return self.view(node.ds, node.sid, io).schema_json()
 
     # -- reading ---------------------------------------------------------------
     def on_disk(self, node: Node) -> bool:
@@ -477,7 +473,7 @@ class Tree:
         if node.kind == FIELD:
             return self.view(node.ds, node.sid, False, rows=True).is_record(node.name)
         if node.kind == FILE:
-            v = self.view(node.ds, node.sid, False, files=True, gen=node.gen)
+            v = self.view(node.ds, node.sid, False, files=True)
             return v.is_record(v.layout["content"])
         return True
 
@@ -500,7 +496,7 @@ class Tree:
         if k == FIELD:
             v, field_ = self.view(node.ds, node.sid, io, rows=True), node.name
         elif k == FILE:
-            v = self.view(node.ds, node.sid, io, files=True, gen=node.gen)
+            v = self.view(node.ds, node.sid, io, files=True)
             field_ = v.layout["content"]
         else:
             raise IsADirectoryError(21, "Is a directory", node.name)
@@ -577,10 +573,14 @@ class Tree:
             out += [Invalidation(Node(VERSIONS, name, inc=inc), str(sid)) for a, b in now_gone.ranges
                     for sid in range(a, b + 1) if sid not in was]
         if old.settings.get("file_layout") != head.settings.get("file_layout"):
+            # Only a writer older than per-snapshot layouts changes this setting; it is
+            # the layout of snapshots that have none of their own, so theirs changed.
             for sid in range(head.last_snapshot_id + 1):
                 v = Node(VER, name, sid, inc=st.inc)
                 out += [Invalidation(v, "files"), Invalidation(v, "schema.json")]
-            st.layout_gen += 1
+            with self._lock:
+                for key in [k for k in self._views if k[0] == name]:
+                    del self._views[key]
         st.head, st.seq = head, seq
         return out
 

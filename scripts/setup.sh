@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 if command -v apt-get >/dev/null; then
   need=()
-  for p in fuse3 libfuse3-dev pkg-config; do
+  for p in fuse3 libfuse3-dev pkg-config rsync; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -215,9 +215,10 @@ def test_export_folder_with_a_path_template(tmp_path):
     assert n == 6
     got = read_tree(tmp_path / "o")
     assert got["l0/3.bin"].endswith(b"3")
-    with pytest.raises(UserInputError, match="same file"):
-        export_folder(loc, str(tmp_path / "o2"), path="{label}", content="image")
-    assert not os.path.exists(tmp_path / "o2")
+    # rows sharing a path: as in the mount, the row written last wins
+    assert export_folder(loc, str(tmp_path / "o2"), path="{label}", content="image") == 3
+    got = read_tree(tmp_path / "o2")
+    assert sorted(got) == ["l0", "l1", "l2"] and got["l0"].endswith(b"3") and got["l2"].endswith(b"5")
 
 
 # -- HuggingFace ---------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from spacefs import Dataset
 from spacefs.engine.errors import SchemaError, UserInputError
 from spacefs.engine.layout import format_path
+from spacefs.engine.storage import Plan
 from spacefs.io import export_folder, export_webdataset, import_folder, import_webdataset
 from spacefs.io.folder import read_file, scan_folder
 from spacefs.io.target import ContainedWriter
@@ -71,14 +72,14 @@ def test_a_hostile_layout_stored_by_hand_is_refused_at_export(tmp_path):
     """A layout that reached the log without validation (by hand, an old version):
     export refuses it, and the mount's rendering still cannot escape."""
     ds = dataset(tmp_path / "a" / "ds", ["cat"], ["x"])
-    ds.storage.commit_refs(lambda head: {"settings": {**head.settings,
-                                                      "file_layout": {"path": "../../{name}", "content": "v"}}}, "hand")
+    ds.storage.commit_snapshot("main", "hand", lambda base: Plan(), keep_empty=True,
+                               snapshot_extra={"file_layout": {"path": "../../{name}", "content": "v"}})
     before = tree(tmp_path)
     with pytest.raises(SchemaError, match="'..' component"):
         export_folder(ds.location, str(tmp_path / "a" / "out"))
     assert tree(tmp_path) == before
-    assert format_path("../../{name}", {"name": "x"}) == "%2E./%2E./x"
-    assert format_path("/./{name}//", {"name": ".."}) == "%2E/%2E."
+    assert format_path("../../{name}", {"name": "x"}) == "%2E%2E/%2E%2E/x"
+    assert format_path("/./{name}//", {"name": ".."}) == "%2E/%2E%2E"
 
 
 def test_values_that_name_dot_dot_are_rendered_inside_dest(tmp_path):
@@ -89,12 +90,12 @@ def test_values_that_name_dot_dot_are_rendered_inside_dest(tmp_path):
     assert export_folder(ds.location, str(tmp_path / "a" / "out")) == len(names)
     got = tree(tmp_path / "a" / "out")
     assert got == {
-        "%2E./%2E.": b"..|..",
-        "%2E/%2E.%2F..%2Fx": b".|../../x",  # one component: its inner dots are harmless
-        "%00/%2E": b"|.",
-        "a%2Fb/%00": b"a/b|",
-        "%2E./%2Fetc%2Fpasswd": b"..|/etc/passwd",
-        "%2F/%2Ehidden": b"/|.hidden",
+        "%2E%2E/%2E%2E": b"..|..",
+        "%2E/..%2F..%2Fx": b".|../../x",  # one component: its inner dots are harmless
+        "%~empty/%2E": b"|.",
+        "a%2Fb/%~empty": b"a/b|",
+        "%2E%2E/%2Fetc%2Fpasswd": b"..|/etc/passwd",
+        "%2F/.hidden": b"/|.hidden",
     }
     after = tree(tmp_path)
     assert {k for k in after if not k.startswith(os.path.join("a", "out"))} == set(before)
@@ -125,15 +126,15 @@ def test_a_symlink_planted_in_dest_cannot_redirect_writes(tmp_path, monkeypatch)
     ds = dataset(tmp_path / "ds", ["cat", "cat"], ["x", "y"], {"path": "{label}/{name}", "content": "v"})
     import spacefs.io.folder as folder
 
-    real = folder.format_path
+    real = folder.ContainedWriter.open
 
-    def plant(template, row):
+    def plant(self, rel):
         for staging in glob.glob(str(tmp_path / ".out.exporting-*")):
             if not os.path.lexists(os.path.join(staging, "cat")):
                 os.symlink(outside, os.path.join(staging, "cat"))
-        return real(template, row)
+        return real(self, rel)
 
-    monkeypatch.setattr(folder, "format_path", plant)
+    monkeypatch.setattr(folder.ContainedWriter, "open", plant)
     with pytest.raises(UserInputError, match="symlink"):
         export_folder(ds.location, str(tmp_path / "out"))
     assert os.listdir(outside) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -113,16 +114,28 @@ def test_field_files_follow_the_spec_encoding(cat):
         walk(t, "versions/1/rows/10/tags")
 
 
-def test_keys_are_percent_encoded_and_composite_keys_joined(tmp_path):
+def test_keys_are_names_byte_for_byte_and_composite_keys_joined(tmp_path):
     schema = pa.schema([("a", pa.string()), ("b", pa.int64()), ("v", pa.binary())])
     ds = Dataset.create(str(tmp_path / "k"), schema, ["a", "b"], ["v"])
-    keys = ["x/y", "50%", "a,b", ".hidden", "tab\there", "é ü", "..", ""]
+    keys = ["x/y", "50%", "a,b", ".hidden", "tab\there", "é ü", "..", "", "%2C", "n\0ul"]
     ds.local().append({"a": keys, "b": list(range(len(keys))), "v": [k.encode() for k in keys]})
     t = Tree(ds.location)
     got = set(names(t, "versions/1/rows"))
-    assert got == {"x%2Fy,0", "50%25,1", "a%2Cb,2", "%2Ehidden,3", "tab%09here,4", "é ü,5", "%2E.,6", "%00,7"}
+    # only "/", NUL, the join separator and "%" before hex digits are escaped
+    assert got == {"x%2Fy,0", "50%,1", "a%2Cb,2", ".hidden,3", "tab\there,4", "é ü,5", "..,6", ",7", "%252C,8",
+                   "n%00ul,9"}
     assert content(t, "versions/1/rows/x%2Fy,0/v") == b"x/y"
     assert content(t, "versions/1/rows/a%2Cb,2/a") == b"a,b"
+
+
+def test_single_keys_keep_commas_and_dots_only_dot_components_escaped(tmp_path):
+    schema = pa.schema([("a", pa.string()), ("v", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "k"), schema, ["a"], ["v"])
+    keys = ["a,b", "100%", ".", "..", "", ".x"]
+    ds.local().append({"a": keys, "v": [k.encode() for k in keys]})
+    t = Tree(ds.location)
+    assert set(names(t, "versions/1/rows")) == {"a,b", "100%", "%2E", "%2E%2E", "%~empty", ".x"}
+    assert content(t, "versions/1/rows/%2E%2E/a") == b".."
 
 
 def test_stat_is_exact_without_reading_records(cat, monkeypatch):
@@ -200,13 +213,89 @@ def test_files_layout_tree(cat):
     assert "files" not in names(Tree(plain.location), "versions/1")
 
 
-def test_duplicate_layout_paths_keep_the_first_row(tmp_path):
+def test_duplicate_layout_paths_show_the_row_written_last(tmp_path):
     schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
     ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"], file_layout={"path": "{label}", "content": "img"})
     ds.local().append({"id": [1, 2, 3], "label": ["a", "a", "a/b"], "img": [b"1", b"2", b"3"]})
     t = Tree(ds.location)
     assert sorted(names(t, "versions/1/files")) == ["a", "a%2Fb"]
-    assert content(t, "versions/1/files/a") == b"1"
+    assert content(t, "versions/1/files/a") == b"2"  # one snapshot: the later row
+    # a later append of a new row at an existing path shows (the newest snapshot wins)
+    ds.local().append({"id": [4], "label": ["a"], "img": [b"4"]})
+    assert content(t, "versions/2/files/a") == b"4"
+    assert content(t, "versions/1/files/a") == b"2"
+    # rows/ too: appends do not check keys, the row written last shows
+    ds.local().append({"id": [1], "label": ["z"], "img": [b"new1"]})
+    assert content(t, "versions/3/rows/1/img") == b"new1"
+    assert content(t, "versions/2/rows/1/img") == b"1"
+
+
+def test_layout_file_over_a_directory_newest_wins(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("p", pa.string()), ("q", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"], file_layout={"path": "{p}/{q}", "content": "img"})
+    ds.local().append({"id": [1], "p": ["a"], "q": ["b"], "img": [b"1"]})
+    ds.local().append({"id": [2], "p": ["a"], "q": ["b"], "img": [b"2"]})
+    t = Tree(ds.location)
+    assert content(t, "versions/2/files/a/b") == b"2"
+
+
+def test_null_and_the_string_none_are_two_names(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"],
+                        file_layout={"path": "{label}/{id}", "content": "img"})
+    ds.local().append({"id": [1, 2, 3], "label": [None, "None", "%~null"], "img": [b"1", b"2", b"3"]})
+    t = Tree(ds.location)
+    assert sorted(names(t, "versions/1/files")) == ["%25~null", "%~null", "None"]
+    assert content(t, "versions/1/files/%~null/1") == b"1"
+    assert content(t, "versions/1/files/None/2") == b"2"
+    assert content(t, "versions/1/files/%25~null/3") == b"3"
+
+
+def test_long_names_are_shortened_with_a_hash(tmp_path):
+    schema = pa.schema([("name", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["name"], ["img"], file_layout={"path": "{name}", "content": "img"})
+    long_a, long_b = "é" * 200 + "a.jpg", "é" * 200 + "b.jpg"  # 405 bytes, same first 255
+    ds.local().append({"name": [long_a, long_b, "short.jpg"], "img": [b"a", b"b", b"s"]})
+    t = Tree(ds.location)
+    for where in ("rows", "files"):
+        got = [n for n in names(t, f"versions/1/{where}") if n != "short.jpg"]
+        assert len(got) == 2 and all(len(n.encode()) <= 255 for n in got)
+        assert all(n.startswith("é" * 50) and "%~" in n and n.endswith(".jpg") for n in got)
+    assert {bytes(content(t, f"versions/1/files/{n}")) for n in names(t, "versions/1/files")} == {b"a", b"b", b"s"}
+    assert names(Tree(ds.location), "versions/1/files") == names(t, "versions/1/files")  # deterministic
+
+
+def test_rows_carry_the_time_of_the_snapshot_that_wrote_them(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"], file_layout={"path": "{id}", "content": "img"})
+    ds.local().append({"id": [1, 2], "label": ["a", "b"], "img": [b"1", b"2"]})
+    ds.local().append({"id": [3], "label": ["c"], "img": [b"3"]})
+    t = Tree(ds.location)
+    times = {sid: t.attrs(walk(t, f"versions/{sid}")).mtime_ns for sid in (1, 2)}
+    assert times[1] < times[2]
+    for path, sid in (("rows/1", 1), ("rows/1/img", 1), ("files/2", 1), ("rows/3/label", 2), ("files/3", 2)):
+        assert t.attrs(walk(t, f"versions/2/{path}")).mtime_ns == times[sid], path
+
+
+def test_a_layout_change_is_a_snapshot_and_old_versions_stay(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"],
+                        file_layout={"path": "{label}/{id}", "content": "img"})
+    ds.local().append({"id": [1, 2], "label": ["a", "b"], "img": [b"1", b"2"]})
+    t = Tree(ds.location)
+    before = content(t, "versions/1/schema.json")
+    old_file = walk(t, "versions/1/files/a/1")
+    res = ds.set_file_layout({"path": "{id}.bin", "content": "img"})
+    assert res.snapshot_id == 2 and ds.local().read_all().num_rows == 2
+    t.poll()
+    assert content(t, "versions/1/schema.json") == before
+    assert names(t, "versions/1/files") == ["a", "b"]
+    assert t.read(old_file, 0, 10) == b"1"  # a file open under the old layout keeps reading
+    assert sorted(names(t, "versions/2/files")) == ["1.bin", "2.bin"]
+    assert json.loads(content(t, "versions/2/schema.json"))["file_layout"]["path"] == "{id}.bin"
+    assert ds.set_file_layout({"path": "{id}.bin", "content": "img"}).snapshot_id is None  # SKIPPED
+    ds.local().append({"id": [3], "label": ["c"], "img": [b"3"]})
+    assert sorted(names(t, "versions/3/files")) == ["1.bin", "2.bin", "3.bin"]  # the layout carries on
 
 
 def test_io_false_answers_from_memory_or_asks_for_a_thread(cat):
@@ -243,15 +332,14 @@ def test_poll_reports_commits_tags_and_layout_changes(cat):
     assert Invalidation(Node(TAGS, "pets")) in ch and names(t, "tags") == ["v1", "v2"]
     ds.remove_tag("v1")
     assert Invalidation(Node(TAGS, "pets"), "v1") in t.poll()
-    # a new layout makes new files/ nodes; the old ones are gone
+    # a new layout is a new snapshot; the old version's files/ stays as it was
     old = walk(t, "versions/2/files/cat")
     ds.set_file_layout({"path": "{id}.bin", "content": "image"})
     ch = t.poll()
-    assert Invalidation(Node(VER, "pets", 1), "files") in ch
-    with pytest.raises(FileNotFoundError):
-        t.children(old)
-    assert "7.bin" in names(t, "versions/2/files")
-    assert walk(t, "versions/2/files").kind == FILES
+    assert Invalidation(Node(VERSIONS, "pets")) in ch
+    assert len(t.children(old)) > 0
+    assert "7.bin" in names(t, "versions/3/files") and "7.bin" not in names(t, "versions/2/files")
+    assert walk(t, "versions/3/files").kind == FILES
 
 
 def test_catalog_poll_sees_new_and_deleted_datasets(cat):
@@ -314,3 +402,42 @@ def test_record_ranges_with_and_without_waiting(tmp_path):
                 assert got is None or got == want  # None only if not in the page cache
         finally:
             POOL.release(h)
+
+
+def test_info_reports_colliding_paths(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"], file_layout={"path": "{label}", "content": "img"})
+    ds.local().append({"id": [1, 2, 3, 4], "label": ["a", "a", "b", "c"], "img": [b"1", b"2", b"3", b"4"]})
+    ds.local().append({"id": [1, 5], "label": ["c", "d"], "img": [b"x", b"5"]})
+    run = [sys.executable, "-m", "spacefs.cli", "info", ds.location]
+    out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert "colliding paths: 1 in rows/, 2 in files/" in out
+    doc = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True, check=True).stdout)
+    assert doc["colliding_paths"] == {"rows": 1, "files": 2}
+    doc = json.loads(subprocess.run(run + ["--json", "--version", "1"], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert doc["colliding_paths"] == {"rows": 0, "files": 1}
+
+
+def test_snapshots_written_before_per_snapshot_layouts_use_the_log_settings(tmp_path):
+    schema = pa.schema([("id", pa.int64()), ("label", pa.string()), ("img", pa.binary())])
+    ds = Dataset.create(str(tmp_path / "d"), schema, ["id"], ["img"],
+                        file_layout={"path": "{label}/{id}", "content": "img"})
+    ds.local().append({"id": [1, 2], "label": ["a", "b"], "img": [b"1", b"2"]})
+    # what an older writer left: snapshots without a layout of their own
+    log_dir = os.path.join(ds.location, "metadata", "log")
+    for name in os.listdir(log_dir):
+        if name.endswith(".json"):
+            with open(os.path.join(log_dir, name), "r+") as f:  # in place: snapshots/ links stay links
+                doc = json.load(f)
+                if doc.get("snapshot"):
+                    doc["snapshot"].pop("file_layout", None)
+                f.seek(0)
+                f.truncate()
+                json.dump(doc, f)
+    ds = Dataset.load(ds.location)
+    assert ds.file_layout == {"path": "{label}/{id}", "content": "img"}
+    assert names(Tree(ds.location), "versions/1/files") == ["a", "b"]
+    ds.set_file_layout({"path": "{id}", "content": "img"})
+    t = Tree(ds.location)
+    assert names(t, "versions/1/files") == ["a", "b"] and names(t, "versions/2/files") == ["1", "2"]

@@ -113,6 +113,20 @@ def test_refresh_when_nothing_changed_is_a_noop(cat):
     assert cat.materialize("mv2", empty.filter(lambda r: True)).local().refresh().state == SKIPPED
 
 
+def test_a_layout_change_keeps_the_refresh_incremental(cat):
+    mv = cat.materialize("mv", cat.dataset("src").map_batches(shout, SCHEMA, output_record_fields=["blob"]))
+    assert mv.set_file_layout({"path": "{label}/{id}", "content": "blob"}).snapshot_id == 1  # before any refresh
+    mv.local().refresh()
+    assert mv.set_file_layout({"path": "{id}", "content": "blob"}).state == SUCCEEDED
+    CALLS.clear()
+    assert mv.local().refresh().state == SKIPPED  # the new snapshot reflects what its parent did
+    cat.dataset("src").local().append(rows([500]))
+    mv.local().refresh()
+    assert CALLS == [500]
+    same(mv)
+    assert mv.file_layout == {"path": "{id}", "content": "blob"}
+
+
 def test_filter_that_emits_nothing_then_deletes(cat):
     src = cat.dataset("src")
     mv = cat.materialize("small", src.filter(lambda r: r["id"] < 50, input_fields=["id"]))

@@ -104,6 +104,7 @@ def main() -> None:
     mv = catalog.materialize("masks", view)
     mv.set_file_layout({"path": "{name}", "content": "mask"})
     r = mv.ray().refresh()
+    first = r.snapshot_id  # (snapshot 1 is the layout's: the layout belongs to the snapshot)
     print(f"MV refreshed on Ray: {r.storage_statistics_update['rows']} masks")
 
     mnt = os.path.join(work, "mnt")
@@ -129,8 +130,8 @@ def main() -> None:
         print(f"img_005.png visible in the mount after {waited:.2f} s; files now", len(os.listdir(files)))
         mask = np.asarray(Image.open(os.path.join(files, "img_005.png")))
         assert len(np.unique(mask)) - 1 == blobs[5]
-        old = os.path.join(mnt, "masks", "versions", "1", "files")
-        print("masks/versions/1/files/ still holds", len(os.listdir(old)), "masks")
+        old = os.path.join(mnt, "masks", "versions", str(first), "files")
+        print(f"masks/versions/{first}/files/ still holds", len(os.listdir(old)), "masks")
         assert len(os.listdir(old)) == 4
     finally:
         spacefs("umount", mnt)

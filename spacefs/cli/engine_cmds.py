@@ -27,6 +27,7 @@ from spacefs.cli import echo_json, main, note, quiet
 from spacefs.engine import format as fmt
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.errors import NotFoundError, UserInputError
+from spacefs.engine.layout import name_collisions
 from spacefs.engine.retention import expired
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
 
@@ -440,10 +441,14 @@ def info_cmd(dataset: str, version: str | None, as_json: bool) -> None:
     head = st.head()
     sid = st.resolve(version, DEFAULT_BRANCH, head)
     stats = st.snapshot(sid)["stats"]
+    layout = st.file_layout(sid, head)
+    # Names in the mount (and export folder) that more than one row renders: the row
+    # written last shows, the others are hidden.
+    collisions = name_collisions(st, sid)
     if as_json:
         echo_json({"dataset": st.location, "kind": st.kind, "format": st.meta.get("format"),
                    "created": st.meta["created"], "primary_keys": st.primary_keys,
-                   "record_fields": st.record_fields, "file_layout": head.settings.get("file_layout"),
+                   "record_fields": st.record_fields, "file_layout": layout, "colliding_paths": collisions,
                    "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in st.schema],
                    "last_snapshot": head.last_snapshot_id, "branches": head.branches, "tags": head.tags,
                    "snapshot": sid, "stats": stats})
@@ -452,7 +457,6 @@ def info_cmd(dataset: str, version: str | None, as_json: bool) -> None:
     click.echo(f"kind:          {st.kind} ({st.meta.get('format')}, created {short_time(st.meta['created'])})")
     click.echo(f"primary keys:  {', '.join(st.primary_keys)}")
     click.echo(f"record fields: {', '.join(st.record_fields) or '(none)'}")
-    layout = head.settings.get("file_layout")
     click.echo(f"file layout:   {json.dumps(layout) if layout else '(none)'}")
     click.echo("schema:")
     width = max(len(f.name) for f in st.schema)
@@ -467,3 +471,5 @@ def info_cmd(dataset: str, version: str | None, as_json: bool) -> None:
     click.echo(f"  rows:         {stats['rows']}")
     click.echo(f"  index files:  {stats['index_files']} ({human_bytes(stats['index_bytes'])})")
     click.echo(f"  record bytes: {human_bytes(stats['record_bytes'])} ({stats['record_bytes']} bytes)")
+    click.echo(f"  colliding paths: {collisions['rows']} in rows/, {collisions['files']} in files/"
+               + (" (the row written last shows)" if collisions["rows"] or collisions["files"] else ""))

@@ -3,8 +3,10 @@
 Each file becomes a row ``(label, name, <content>)``: the class from its folder, its name
 within that folder, its bytes as a record. The dataset gets the file layout
 ``{"path": "{label}/{name}", "content": <content>}``, so the mount's ``files/`` shows the
-same tree and an export writes it back. Names of files in nested folders keep their
-``/``; the mount and the export show it percent-encoded (``a%2Fb.jpg``), as for any value.
+same tree and an export writes it back, under the same names: a value is a name byte
+for byte (``a,b.jpg``, ``100%.jpg``, ``#1 é.jpg``), only what POSIX cannot hold is
+escaped (``spacefs.engine.layout``). Names of files in nested folders keep their ``/``;
+the mount and the export show it escaped (``a%2Fb.jpg``), as for any value.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from spacefs.engine.errors import NotFoundError, UserInputError
-from spacefs.engine.layout import format_path, layout_fields, validate_layout
+from spacefs.engine.layout import (
+    layout_fields,
+    layout_paths,
+    place,
+    row_snapshots,
+    validate_layout,
+    write_order,
+)
 
 from .target import (
     ContainedWriter,
@@ -210,10 +219,13 @@ def _table(schema: pa.Schema, labels: list[str], names: list[str], blobs: list[b
 def export_folder(location: str, dest: str, version: int | str | None = None, path: str | None = None,
                   content: str | None = None) -> int:
     """Write one file per row of a version at ``path`` (a template like ``{label}/{name}``)
-    holding field ``content``; both default to the dataset's file layout, so the tree is
-    the one the mount shows under ``files/``. Returns the number of files written."""
+    holding field ``content``; both default to that version's file layout, so the tree
+    is the one the mount shows under ``files/``: the same names (``spacefs.engine.layout``),
+    rows with a null content left out, and where rows share a path the row written
+    last. Returns the number of files written."""
     ds = open_dataset(location)
-    layout = dict(ds.file_layout or {})
+    sid = ds.snapshot_id(version)
+    layout = dict(ds.storage.file_layout(sid) or {})
     if path:
         layout["path"] = path
     if content:
@@ -221,22 +233,26 @@ def export_folder(location: str, dest: str, version: int | str | None = None, pa
     if set(layout) != {"path", "content"}:
         raise UserInputError(f"{ds.location} has no file layout: pass both a path template and a content field")
     validate_layout(layout, ds.schema, ds.record_fields)
-    fields = sorted(set(layout_fields(layout["path"])) | {layout["content"]})
-    sid = ds.snapshot_id(version)
-    n = 0
-    with output_dir(dest) as staging, progress(ds.num_rows(sid), f"export {ds.name}", unit="file") as bar, \
+    # First the paths (index fields only), so collisions resolve as in the mount.
+    names = sorted(set(layout_fields(layout["path"])) | {layout["content"]})
+    t = ds.local().read_all(version=sid, fields=names, reference_read=True).combine_chunks()
+    files = place(layout_paths(t, layout), write_order(row_snapshots(ds.storage.index_entries(sid), t.num_rows, sid)))
+    where = {row: rel for rel, row in files.files.items()}
+    n = row = 0
+    with output_dir(dest) as staging, progress(len(where), f"export {ds.name}", unit="file") as bar, \
             ContainedWriter(staging) as out:
-        for t in ds.local().read(version=sid, fields=fields):
-            for row in t.to_pylist():
-                rel = format_path(layout["path"], row)
+        for batch in ds.local().read(version=sid, fields=[layout["content"]]):
+            for data in batch.column(0).to_pylist():
+                rel = where.get(row)
+                row += 1
+                if rel is None:
+                    continue
                 try:
                     fd = out.open(rel)
                 except UserInputError as e:
                     raise UserInputError(f"{ds.location}: {e}") from None
-                data = row[layout["content"]]
                 with open(fd, "wb") as f:
-                    if data is not None:
-                        f.write(data if isinstance(data, bytes) else _as_bytes(data))
+                    f.write(data if isinstance(data, bytes) else _as_bytes(data))
                 n += 1
                 bar.update(1)
     return n

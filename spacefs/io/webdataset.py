@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from spacefs.engine import RayOptions
 from spacefs.engine import format as fmt
 from spacefs.engine.errors import NotFoundError, SchemaError, SpaceError, UserInputError
-from spacefs.engine.layout import encode_component
+from spacefs.engine.layout import key_name
 
 from .target import (
     ImportResult,
@@ -272,7 +272,7 @@ def sample_key(row: dict[str, Any], keys: Sequence[str]) -> str:
     if len(keys) == 1:
         segments = [_member_segment(s) for s in str(row[keys[0]]).split("/")]
     else:
-        segments = [",".join(encode_component(row[k]) for k in keys)]
+        segments = [key_name([row[k] for k in keys])]  # the mount's rows/ name: "," inside a value is %2C
     segments[-1] = segments[-1].replace(".", "%2E")
     key = "/".join(segments)
     check_member_name(key)  # by construction; kept as the last word before a write
