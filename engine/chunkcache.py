@@ -26,8 +26,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from .backend import Backend, ObjectInfo
 from .errors import UserInputError
-from .objstore import Backend, ObjectInfo
 
 DEFAULT_CHUNK = 1 << 20
 DEFAULT_SIZE = 1 << 30

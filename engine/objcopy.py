@@ -15,9 +15,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .backend import Backend, backend_for
 from .errors import AlreadyExistsError, NotFoundError
 from .objlog import HINT, LOG, SNAPSHOTS, ObjectLog, _seq_of
-from .objstore import Backend, open_location, pool
+from .objstore import pool
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def copy_dataset(src: str, dst: str, src_options: dict[str, Any] | None = None,
     Refuses a destination that holds another dataset's log (unless ``overwrite_log``:
     finishing an interrupted copy of the same dataset), so two datasets never mix.
     """
-    s, d = open_location(src, src_options), open_location(dst, dst_options)
+    s, d = backend_for(src, src_options), backend_for(dst, dst_options)
     paths = [p for p in s.list_paths("") if "/.tmp-" not in p and not p.startswith(".tmp-")]
     entries = sorted((seq, p) for p in paths if (seq := _seq_of(p)) is not None)
     if not entries:

@@ -1,7 +1,7 @@
 """The commit protocol on any backend: the log of engine/log.py without ``link(2)``.
 
 Same layout, same entries, same guarantees as ``MetadataLog`` (see FORMAT.md), built on
-the two primitives every backend has (engine/objstore.py):
+the two primitives every backend has (engine/backend.py):
 
 - ``put_if_absent(metadata/log/<seq>.json)`` publishes an entry: ``link`` on a directory,
   a conditional PUT (``If-None-Match: *``) on S3. Exactly one writer creates each seq, so
@@ -32,9 +32,9 @@ import json
 from typing import Any
 
 from . import failpoints
+from .backend import Backend
 from .errors import AlreadyExistsError, CorruptionError, VersionNotFoundError
 from .log import SEQ_DIGITS, Entry
-from .objstore import Backend
 
 LOG = "metadata/log/"
 SNAPSHOTS = "metadata/snapshots/"

@@ -1,9 +1,9 @@
-"""Storage backends: the few byte-level operations spacefs needs, on a directory or a bucket.
+"""``S3Backend``: a dataset at ``s3://bucket/prefix`` on any S3-compatible store.
 
-A dataset location is either a local directory or ``s3://bucket/prefix`` on any
-S3-compatible store. Both are reached through one small interface (``Backend``) whose
-paths are always relative to the dataset root and ``/``-separated, exactly the relative
-paths stored in the metadata, so the same layout works object for object on either side.
+It implements the one storage protocol, ``backend.Backend`` (``backend.LocalBackend`` is
+the directory's side; ``backend.backend_for`` picks between them). Paths are relative to
+the dataset root and ``/``-separated, exactly the relative paths stored in the metadata,
+so the same layout works object for object on either side.
 
 The commit primitive is ``put_if_absent``: ``link(2)`` on a directory, a conditional PUT
 (``If-None-Match: *``) on a bucket. Either way exactly one writer creates a name.
@@ -27,22 +27,21 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlparse
 
 import obstore
 import obstore.exceptions as ox
 from obstore.store import S3Store
 
+from .backend import Backend, ObjectInfo, RangeReader
 from .errors import StorageError, UserInputError
 
 # Ranges closer than this are fetched by one request: a GET costs ~a round trip, and on a
@@ -59,65 +58,6 @@ _CLIENT_KEYS = {
 _RETRY_KEYS = {"max_retries", "retry_timeout"}
 # Spellings of the same setting: the AWS variable names, and the names other tools use.
 _ALIASES = {"endpoint_url": "endpoint", "token": "session_token", "default_region": "region"}
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """Size and version tag of a stored object (the tag identifies its bytes for caching)."""
-
-    size: int
-    etag: str
-
-
-class Backend(Protocol):
-    """What spacefs needs from a storage location; paths are relative, ``/``-separated.
-
-    A superset of the seam in engine/backend.py (``root``, ``read_bytes``,
-    ``put_if_absent(..., sync=, before_publish=)``, ``put``, ``copy_if_absent``, ``exists``,
-    ``list`` of the names directly under a directory, ``read_range``, ``local_path``), plus
-    what object storage needs: batched ranges, uploads of local files, recursive listing
-    from a key on, bulk delete, and an etag for caching.
-    """
-
-    root: str  # the location as the user gave it: a directory or s3://bucket/prefix
-    uri: str
-
-    def read(self, path: str) -> bytes: ...
-    def read_bytes(self, path: str) -> bytes: ...
-    def read_range(self, path: str, start: int, length: int) -> bytes: ...
-    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
-    def put(self, path: str, data: bytes) -> None: ...
-    def put_file(self, path: str, local_path: str) -> None: ...
-    def put_if_absent(self, path: str, data: bytes, *, sync: bool = False,
-                      before_publish: Callable[[], None] | None = None) -> bool: ...
-    def copy_if_absent(self, src: str, dst: str) -> bool: ...
-    def exists(self, path: str) -> bool: ...
-    def stat(self, path: str) -> ObjectInfo: ...
-    def size(self, path: str) -> int: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def list_paths(self, prefix: str, start_after: str | None = None) -> list[str]: ...
-    def delete(self, paths: Iterable[str]) -> None: ...
-    def local_path(self, path: str) -> str | None: ...
-    def open_record(self, path: str) -> AbstractContextManager[RangeReader]: ...
-
-
-class RangeReader:
-    """A record file held "open" on a backend: ranged reads of one object, nothing held."""
-
-    def __init__(self, backend: Backend, path: str):
-        self.backend = backend
-        self.path = path
-
-    def read_range(self, start: int, length: int) -> bytes:
-        return self.backend.read_range(self.path, start, length)
-
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        return self.backend.read_ranges(self.path, ranges)
-
-
-@contextmanager
-def _open_record(backend: Backend, path: str) -> Iterator[RangeReader]:
-    yield RangeReader(backend, path)
 
 
 def check_conditional_writes(backend: Backend) -> None:
@@ -138,141 +78,6 @@ def check_conditional_writes(backend: Backend) -> None:
         raise StorageError(
             f"{backend.uri} does not honour conditional writes (If-None-Match: *): concurrent "
             "commits could overwrite each other, so spacefs will not store datasets there")
-
-
-def is_remote(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
-
-
-def open_location(location: str, storage_options: dict[str, Any] | None = None) -> Backend:
-    """The backend for ``location``: a directory path, ``file://...`` or ``s3://bucket/prefix``."""
-    if location.startswith("file://"):
-        return LocalBackend(location[len("file://"):])
-    if "://" not in location:
-        return LocalBackend(location)
-    scheme = location.split("://", 1)[0].lower()
-    if scheme in ("s3", "s3a"):
-        return S3Backend(location, storage_options)
-    raise UserInputError(f"unsupported storage location {location!r}: use a directory or s3://bucket/prefix")
-
-
-# -- local directories ---------------------------------------------------------------
-class LocalBackend:
-    """A dataset directory. ``put`` is atomic (rename), ``put_if_absent`` publishes by link."""
-
-    def __init__(self, root: str):
-        self.root = os.path.abspath(root)
-        self.uri = self.root
-        self.storage_options: dict[str, Any] = {}
-
-    def _full(self, path: str) -> str:
-        return os.path.join(self.root, *path.split("/"))
-
-    def read(self, path: str) -> bytes:
-        with open(self._full(path), "rb") as f:
-            return f.read()
-
-    read_bytes = read
-
-    def local_path(self, path: str) -> str | None:
-        return self._full(path)
-
-    def open_record(self, path: str) -> AbstractContextManager[RangeReader]:
-        return _open_record(self, path)
-
-    def read_range(self, path: str, start: int, length: int) -> bytes:
-        fd = os.open(self._full(path), os.O_RDONLY)
-        try:
-            return os.pread(fd, length, start)
-        finally:
-            os.close(fd)
-
-    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        fd = os.open(self._full(path), os.O_RDONLY)
-        try:
-            return [os.pread(fd, length, start) for start, length in ranges]
-        finally:
-            os.close(fd)
-
-    def _tmp(self, path: str, data: bytes, sync: bool = False) -> str:
-        full = self._full(path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(full), f".tmp-{uuid.uuid4().hex}")
-        with open(tmp, "xb") as f:
-            f.write(data)
-            if sync:
-                os.fsync(f.fileno())
-        return tmp
-
-    def put(self, path: str, data: bytes) -> None:
-        tmp = self._tmp(path, data)
-        os.replace(tmp, self._full(path))
-
-    def put_file(self, path: str, local_path: str) -> None:
-        full = self._full(path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(full), f".tmp-{uuid.uuid4().hex}")
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, full)
-
-    def put_if_absent(self, path: str, data: bytes, *, sync: bool = False,
-                      before_publish: Callable[[], None] | None = None) -> bool:
-        tmp = self._tmp(path, data, sync)
-        try:
-            if before_publish is not None:
-                before_publish()
-            os.link(tmp, self._full(path))
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-
-    def copy_if_absent(self, src: str, dst: str) -> bool:
-        os.makedirs(os.path.dirname(self._full(dst)), exist_ok=True)
-        try:
-            os.link(self._full(src), self._full(dst))  # a hard link: no bytes copied
-            return True
-        except FileExistsError:
-            return False
-
-    def exists(self, path: str) -> bool:
-        return os.path.exists(self._full(path))
-
-    def stat(self, path: str) -> ObjectInfo:
-        st = os.stat(self._full(path))
-        return ObjectInfo(st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}")
-
-    def size(self, path: str) -> int:
-        return os.stat(self._full(path)).st_size
-
-    def list(self, prefix: str) -> list[str]:
-        """Names directly under the directory ``prefix`` (files and subdirectories)."""
-        try:
-            return sorted(os.listdir(self._full(prefix.strip("/")) if prefix.strip("/") else self.root))
-        except FileNotFoundError:
-            return []
-
-    def list_paths(self, prefix: str, start_after: str | None = None) -> list[str]:
-        """Relative paths of the files under ``prefix``, sorted, after ``start_after`` if given."""
-        base = self._full(prefix.rstrip("/")) if prefix.strip("/") else self.root
-        out = []
-        for dirpath, _dirs, files in os.walk(base):
-            rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
-            for name in files:
-                if name.startswith(".tmp-"):
-                    continue
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if rel.startswith(prefix) and (start_after is None or rel > start_after):
-                    out.append(rel)
-        return sorted(out)
-
-    def delete(self, paths: Iterable[str]) -> None:
-        for p in paths:
-            try:
-                os.unlink(self._full(p))
-            except FileNotFoundError:
-                pass
 
 
 # -- S3-compatible object storage ----------------------------------------------------
@@ -379,9 +184,10 @@ class S3Backend:
     def local_path(self, path: str) -> str | None:
         return None  # not in a local file system: read by range
 
-    def open_record(self, path: str) -> AbstractContextManager[RangeReader]:
+    @contextmanager
+    def open_record(self, path: str) -> Iterator[RangeReader]:
         """A ranged-GET reader: an object store has nothing to hold open."""
-        return _open_record(self, path)
+        yield RangeReader(self, path)
 
     def read_range(self, path: str, start: int, length: int) -> bytes:
 

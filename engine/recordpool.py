@@ -84,6 +84,13 @@ class RecordHandle:
     def cost(self) -> int:
         return (self.fd >= 0) + (self._map is not None) + (self._reader is not None)
 
+    def read_range(self, start: int, length: int) -> bytes:
+        """``length`` bytes at ``start``: the same call as a bucket's ``RangeReader``."""
+        return os.pread(self.fd, length, start)
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [os.pread(self.fd, length, start) for start, length in ranges]
+
     def _close(self) -> None:
         if self._map is not None:
             self._map.close()

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .backend import Backend
 from .chunkcache import ChunkCache
 from .errors import UserInputError
-from .objstore import Backend, pool
+from .objstore import pool
 from .records import _phys_end_vec, _strip_headers
 
 

@@ -77,6 +77,11 @@ class Storage:
     def __init__(self, location: str):
         self.backend = backend_for(location)
         self.location = self.backend.root
+        if self.backend.local_path("") is None:
+            # Manifests, index files and the record pool still open local paths
+            # (OBJECTSTORE.md, "What remains to wire"): refuse rather than misread.
+            raise UserInputError(f"{self.location}: datasets on object storage cannot be opened yet; "
+                                 "copy it to a directory with spacefs.engine.objcopy.copy_dataset")
         try:
             self.meta = json.loads(self.backend.read_bytes(fmt.DATASET_JSON))
         except FileNotFoundError:

@@ -8,8 +8,8 @@ import random
 import sys
 import time
 
+from spacefs.engine.backend import backend_for
 from spacefs.engine.objlog import ObjectLog
-from spacefs.engine.objstore import open_location
 
 
 def next_doc(head, writer: str, i: int) -> dict:
@@ -22,7 +22,7 @@ def next_doc(head, writer: str, i: int) -> dict:
 
 def main() -> None:
     location, writer, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    log = ObjectLog(open_location(location))
+    log = ObjectLog(backend_for(location))
     lost = 0
     for i in range(n):
         for attempt in range(1000):

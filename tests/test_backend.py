@@ -118,6 +118,11 @@ def test_the_log_runs_on_any_backend():
     assert log.head_seq() == 2
 
 
-def test_urls_name_backends_not_built_yet():
-    with pytest.raises(UserInputError, match="s3://"):
-        backend_for("s3://bucket/ds")
+def test_backend_for_picks_the_backend_of_a_location(tmp_path):
+    from spacefs.engine.objstore import S3Backend
+
+    assert isinstance(backend_for(str(tmp_path)), LocalBackend)
+    b = backend_for("s3://bucket/ds", {"endpoint": "http://127.0.0.1:9"})
+    assert isinstance(b, S3Backend) and isinstance(b, Backend) and b.root == "s3://bucket/ds"
+    with pytest.raises(UserInputError, match="gs://bucket/ds"):
+        backend_for("gs://bucket/ds")

@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
+from spacefs.engine.backend import backend_for
 from spacefs.engine.chunkcache import ChunkCache
 from spacefs.engine.errors import UserInputError
-from spacefs.engine.objstore import open_location
 
 from conftest import PYTHON
 
@@ -48,7 +48,7 @@ def random_ranges(rng, size, n, max_len=3000):
 
 def test_second_read_makes_no_request(s3_bucket, tmp_path):
     data = os.urandom(10 * CHUNK + 123)
-    b = open_location(s3_bucket + "/ds")
+    b = backend_for(s3_bucket + "/ds")
     b.put("data/records/f/a.array_record", data)
     counting = Counting(b)
     cache = ChunkCache(str(tmp_path / "cache"), cache_size=100 * CHUNK, chunk_size=CHUNK)
@@ -66,7 +66,7 @@ def test_second_read_makes_no_request(s3_bucket, tmp_path):
 
 
 def test_a_changed_object_is_never_served_stale(s3_bucket, tmp_path):
-    b = open_location(s3_bucket + "/ds")
+    b = backend_for(s3_bucket + "/ds")
     b.put("obj", b"a" * 1000)
     cache = ChunkCache(str(tmp_path / "c"), cache_size=10 * CHUNK, chunk_size=CHUNK)
     assert cache.read_range(b, "obj", 10, 5) == b"aaaaa"
@@ -76,7 +76,7 @@ def test_a_changed_object_is_never_served_stale(s3_bucket, tmp_path):
 
 
 def test_cache_stays_within_its_size_and_keeps_recent_chunks(tmp_path):
-    b = open_location(str(tmp_path / "ds"))
+    b = backend_for(str(tmp_path / "ds"))
     data = os.urandom(40 * CHUNK)
     b.put("big", data)
     counting = Counting(b)
@@ -92,14 +92,14 @@ def test_cache_stays_within_its_size_and_keeps_recent_chunks(tmp_path):
 
 
 def test_processes_share_one_cache_directory(tmp_path):
-    b = open_location(str(tmp_path / "ds"))
+    b = backend_for(str(tmp_path / "ds"))
     data = os.urandom(30 * CHUNK)
     b.put("obj", data)
     script = textwrap.dedent(f"""
         import random, sys
         from spacefs.engine.chunkcache import ChunkCache
-        from spacefs.engine.objstore import open_location
-        b = open_location({str(tmp_path / "ds")!r})
+        from spacefs.engine.backend import backend_for
+        b = backend_for({str(tmp_path / "ds")!r})
         data = b.read("obj")
         cache = ChunkCache({str(tmp_path / "c")!r}, cache_size={12 * CHUNK}, chunk_size={CHUNK})
         rng = random.Random(int(sys.argv[1]))
@@ -124,7 +124,7 @@ def test_processes_share_one_cache_directory(tmp_path):
 def test_bad_sizes_and_ranges_are_refused(tmp_path):
     with pytest.raises(UserInputError, match="must hold at least one chunk"):
         ChunkCache(str(tmp_path / "c"), cache_size=10, chunk_size=CHUNK)
-    b = open_location(str(tmp_path / "ds"))
+    b = backend_for(str(tmp_path / "ds"))
     b.put("obj", b"x" * 100)
     cache = ChunkCache(str(tmp_path / "c"), cache_size=4 * CHUNK, chunk_size=CHUNK)
     with pytest.raises(UserInputError, match=r"range \[90, 110\) lies outside .*obj \(100 bytes\)"):

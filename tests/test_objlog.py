@@ -11,10 +11,10 @@ import uuid
 
 import pytest
 
+from spacefs.engine.backend import backend_for
 from spacefs.engine.errors import AlreadyExistsError, VersionNotFoundError
 from spacefs.engine.log import MetadataLog
 from spacefs.engine.objlog import HINT, ObjectLog, entry_path, snapshot_path
-from spacefs.engine.objstore import open_location
 
 from conftest import PYTHON, REPO
 
@@ -48,14 +48,14 @@ def s3_location(s3_bucket) -> str:
 
 
 def new_log(location: str) -> ObjectLog:
-    log = ObjectLog(open_location(location))
+    log = ObjectLog(backend_for(location))
     log.init(doc0())
     return log
 
 
 def check_log(location: str) -> int:
     """Every entry from 0 to the head is complete, consecutive and chained; returns the head."""
-    log = ObjectLog(open_location(location))
+    log = ObjectLog(backend_for(location))
     head = log.latest()
     for seq in range(head.seq + 1):
         e = log.entry(seq)
@@ -73,7 +73,7 @@ def run_writer(location: str, writer: str, n: int, **env) -> subprocess.Popen:
 def test_publish_read_and_refuse(location):
     log = new_log(location)
     with pytest.raises(AlreadyExistsError, match="already exists"):
-        ObjectLog(open_location(location)).init(doc0())
+        ObjectLog(backend_for(location)).init(doc0())
     for i in range(3):
         assert log.try_publish(next_doc(log.latest(), i=i))
     assert log.head_seq() == 3 and log.latest().branches == {"main": 3}
@@ -90,7 +90,7 @@ def test_hint_is_only_a_hint(location):
     log = new_log(location)
     for i in range(4):
         log.try_publish(next_doc(log.latest(), i=i))
-    b = open_location(location)
+    b = backend_for(location)
     for hint in (b"1", b"0", b"99", b"garbage", None):
         if hint is None:
             b.delete([HINT])
@@ -98,7 +98,7 @@ def test_hint_is_only_a_hint(location):
             b.put(HINT, hint)
         assert ObjectLog(b).head_seq() == 4, hint
     with pytest.raises(VersionNotFoundError, match="not a dataset"):
-        ObjectLog(open_location(location + "-empty")).head_seq()
+        ObjectLog(backend_for(location + "-empty")).head_seq()
 
 
 def test_a_lost_answer_to_our_own_put_counts_as_landed(s3_location):
@@ -106,7 +106,7 @@ def test_a_lost_answer_to_our_own_put_counts_as_landed(s3_location):
     doc = next_doc(log.latest())
     assert log.try_publish(doc)
     # The library retried a PUT that had landed: the retry is refused, the bytes are ours.
-    assert ObjectLog(open_location(s3_location)).try_publish(doc)
+    assert ObjectLog(backend_for(s3_location)).try_publish(doc)
     assert not log.try_publish({**doc, "op": "other"})
     assert log.head_seq() == 1
 
@@ -114,7 +114,7 @@ def test_a_lost_answer_to_our_own_put_counts_as_landed(s3_location):
 def test_skipped_snapshot_pointer_is_repaired(location):
     log = new_log(location)
     log.try_publish(next_doc(log.latest()))
-    b = open_location(location)
+    b = backend_for(location)
     b.delete([snapshot_path(1)])
     assert log.snapshot_entry(1).seq == 1
     assert b.read(snapshot_path(1)) == b.read(entry_path(1))
@@ -127,7 +127,7 @@ def test_same_layout_as_a_directory(tmp_path, s3_location):
     for i in range(3):
         log.try_publish(next_doc(log.latest(), i=i))
     assert MetadataLog(local).latest().doc == log.latest().doc  # the link-based reader agrees
-    src, dst = open_location(local), open_location(s3_location)
+    src, dst = backend_for(local), backend_for(s3_location)
     for rel in src.list_paths(""):
         dst.put(rel, src.read(rel))
     assert ObjectLog(dst).latest().doc == log.latest().doc
@@ -135,7 +135,7 @@ def test_same_layout_as_a_directory(tmp_path, s3_location):
     # ...and back: a bucket copied to disk is a dataset the disk reader accepts.
     back = str(tmp_path / "back")
     for rel in dst.list_paths(""):
-        open_location(back).put(rel, dst.read(rel))
+        backend_for(back).put(rel, dst.read(rel))
     assert MetadataLog(back).latest().doc == log.latest().doc
 
 
@@ -151,7 +151,7 @@ def test_concurrent_writer_processes_never_lose_a_commit(location, writers, per_
         lost += int(err.split()[-1])
     print(f"{lost} publishes lost to another writer and retried")
     assert check_log(location) == writers * per_writer
-    log = ObjectLog(open_location(location))
+    log = ObjectLog(backend_for(location))
     landed = sorted((log.entry(s).doc["snapshot"]["writer"], log.entry(s).doc["snapshot"]["i"])
                     for s in range(1, writers * per_writer + 1))
     assert landed == sorted((f"w{k}", i) for k in range(writers) for i in range(per_writer))

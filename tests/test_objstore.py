@@ -7,26 +7,34 @@ import pickle
 
 import pytest
 
+from spacefs.engine.backend import Backend, LocalBackend, backend_for
 from spacefs.engine.errors import SpaceError, StorageError, UserInputError
-from spacefs.engine.objstore import LocalBackend, S3Backend, open_location
+from spacefs.engine.objstore import S3Backend
 
 
 @pytest.fixture(params=["local", "s3"])
 def backend(request, tmp_path):
     if request.param == "local":
-        return open_location(str(tmp_path / "ds"))
-    return open_location(request.getfixturevalue("s3_bucket") + "/some/prefix")
+        return backend_for(str(tmp_path / "ds"))
+    return backend_for(request.getfixturevalue("s3_bucket") + "/some/prefix")
 
 
-def test_open_location_kinds(tmp_path, s3_bucket):
-    assert isinstance(open_location(str(tmp_path)), LocalBackend)
-    assert isinstance(open_location(f"file://{tmp_path}"), LocalBackend)
-    b = open_location(s3_bucket + "/a/b/")
+def test_backend_for_kinds(tmp_path, s3_bucket):
+    assert isinstance(backend_for(str(tmp_path)), LocalBackend)
+    assert isinstance(backend_for(f"file://{tmp_path}"), LocalBackend)
+    b = backend_for(s3_bucket + "/a/b/")
     assert isinstance(b, S3Backend) and b.prefix == "a/b" and b.uri == s3_bucket + "/a/b"
     with pytest.raises(UserInputError, match="gs://x"):
-        open_location("gs://x/y")
+        backend_for("gs://x/y")
     with pytest.raises(UserInputError, match="names no bucket"):
-        open_location("s3:///just/a/path")
+        backend_for("s3:///just/a/path")
+
+
+def test_both_backends_implement_the_one_protocol(backend, tmp_path, s3_bucket):
+    """One ``Backend`` protocol: the contract suite below runs on both of its backends."""
+    assert isinstance(S3Backend(s3_bucket + "/p"), Backend)
+    assert isinstance(LocalBackend(str(tmp_path)), Backend)
+    assert isinstance(backend, Backend)
 
 
 def test_put_read_ranges_list_delete(backend):
@@ -74,7 +82,7 @@ def test_put_if_absent_has_one_winner(backend):
 
 def test_a_refused_create_holding_our_bytes_was_ours(s3_bucket):
     """obstore retries a PUT whose answer was lost; the retry's 412 must not read as a loss."""
-    b = open_location(s3_bucket)
+    b = backend_for(s3_bucket)
     assert b.put_if_absent("metadata/log/000000000001.json", b"entry one")
     assert b.put_if_absent("metadata/log/000000000001.json", b"entry one")  # as a retry sees it
     assert not b.put_if_absent("metadata/log/000000000001.json", b"another entry")
@@ -99,7 +107,7 @@ def test_etag_changes_with_content(backend):
 def test_missing_bucket_is_a_clear_error(moto_server, monkeypatch):
     for k, v in moto_server.env.items():
         monkeypatch.setenv(k, v)
-    b = open_location("s3://no-such-bucket-here/ds")
+    b = backend_for("s3://no-such-bucket-here/ds")
     with pytest.raises(StorageError, match="bucket 'no-such-bucket-here' of s3://no-such-bucket-here/ds does not exist"):
         b.read("metadata/dataset.json")
     with pytest.raises(StorageError, match="does not exist"):
@@ -107,7 +115,7 @@ def test_missing_bucket_is_a_clear_error(moto_server, monkeypatch):
 
 
 def test_unreachable_endpoint_gives_up_after_bounded_retries(s3_bucket):
-    b = open_location(s3_bucket, {"endpoint": "http://127.0.0.1:9", "max_retries": 2, "retry_timeout": 5})
+    b = backend_for(s3_bucket, {"endpoint": "http://127.0.0.1:9", "max_retries": 2, "retry_timeout": 5})
     with pytest.raises(StorageError, match=r"cannot reach http://127.0.0.1:9 \(gave up after 2 retries\)") as e:
         b.read("metadata/dataset.json")
     assert s3_bucket in str(e.value) and isinstance(e.value, SpaceError)
@@ -119,7 +127,7 @@ def test_storage_options_override_environment(moto_server, monkeypatch, tmp_path
     bucket = moto_server.create_bucket()
     opts = {"AWS_ENDPOINT_URL": moto_server.endpoint, "aws_access_key_id": "testing",
             "secret_access_key": "testing", "region": "us-east-1"}
-    b = open_location(f"s3://{bucket}/p", opts)
+    b = backend_for(f"s3://{bucket}/p", opts)
     b.put("k", b"v")
     assert b.read("k") == b"v"
     # A backend travels to worker processes by its location and options, not its client.
@@ -134,7 +142,7 @@ def test_refused_credentials_are_a_clear_error(monkeypatch):
     try:
         for k, v in strict.env.items():
             monkeypatch.setenv(k, v)
-        b = open_location("s3://some-bucket/ds")
+        b = backend_for("s3://some-bucket/ds")
         for call in (lambda: b.read("metadata/dataset.json"), lambda: b.put("x", b"y"),
                      lambda: b.put_if_absent("metadata/log/000000000000.json", b"{}")):
             with pytest.raises(StorageError, match=r"s3://some-bucket/ds/.*access denied by http://127.0.0.1:\d+; "
@@ -148,7 +156,7 @@ def test_long_reads_are_cut_into_parallel_spans(s3_bucket, monkeypatch):
     from spacefs.engine import objstore
 
     monkeypatch.setattr(objstore, "MAX_SPAN", 4096)
-    b = open_location(s3_bucket)
+    b = backend_for(s3_bucket)
     data = os.urandom(100_000)
     b.put("obj", data)
     ranges = [(s, 700) for s in range(99_000, 0, -1_300)] + [(0, 100_000), (5, 0)]
@@ -176,15 +184,15 @@ def test_conditional_write_check_refuses_a_store_that_overwrites(tmp_path):
 
 def test_bad_storage_options_name_the_key():
     with pytest.raises(UserInputError, match="storage_options for s3://b/p: .*'bogus_key' is not valid"):
-        open_location("s3://b/p", {"bogus_key": 1})
+        backend_for("s3://b/p", {"bogus_key": 1})
     with pytest.raises(UserInputError, match="max_retries and retry_timeout must be numbers"):
-        open_location("s3://b/p", {"max_retries": "many"})
+        backend_for("s3://b/p", {"max_retries": "many"})
 
 
 def test_a_forked_child_fails_fast_instead_of_hanging(s3_bucket):
     """obstore's runtime threads do not survive fork: a forked child must get a clear error
     (its first request would otherwise wait forever); spawned workers are fine."""
-    b = open_location(s3_bucket)
+    b = backend_for(s3_bucket)
     b.put("obj", b"x" * 1000)
     assert b.read("obj") == b"x" * 1000  # this process has used obstore now
     r, w = os.pipe()
@@ -192,7 +200,7 @@ def test_a_forked_child_fails_fast_instead_of_hanging(s3_bucket):
     if pid == 0:  # the child never returns into pytest
         code = 2
         try:
-            open_location(s3_bucket).read("obj")
+            backend_for(s3_bucket).read("obj")
         except StorageError as e:
             os.write(w, str(e).encode())
             code = 0

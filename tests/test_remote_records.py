@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
+from spacefs.engine.backend import backend_for
 from spacefs.engine.chunkcache import ChunkCache
 from spacefs.engine.errors import UserInputError
-from spacefs.engine.objstore import open_location
 from spacefs.engine.records import write_records
 from spacefs.engine.remote_records import read_records
 
@@ -31,7 +31,7 @@ def record_file(tmp_path):
 
 def test_records_read_by_range_from_a_bucket(s3_bucket, tmp_path, record_file):
     path, values, offsets = record_file
-    b = open_location(s3_bucket + "/ds")
+    b = backend_for(s3_bucket + "/ds")
     b.put_file("data/records/blob/f.array_record", path)
     sizes = np.array([len(v) for v in values])
     pick = np.array(random.Random(5).sample(range(len(values)), 60))
@@ -43,6 +43,6 @@ def test_records_read_by_range_from_a_bucket(s3_bucket, tmp_path, record_file):
 
 
 def test_compressed_files_are_refused(s3_bucket):
-    b = open_location(s3_bucket)
+    b = backend_for(s3_bucket)
     with pytest.raises(UserInputError, match="compressed chunks"):
         read_records(b, "x.array_record", [-1], [10])

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from spacefs import Dataset
+from spacefs.engine.backend import backend_for
 from spacefs.engine.chunkcache import ChunkCache
 from spacefs.engine.errors import AlreadyExistsError, NotFoundError
 from spacefs.engine.log import MetadataLog
 from spacefs.engine.objcopy import copy_dataset
 from spacefs.engine.objlog import ObjectLog
-from spacefs.engine.objstore import open_location
 from spacefs.engine.remote_records import read_refs
 
 from conftest import SCHEMA, rows
@@ -41,7 +41,7 @@ def test_dataset_in_a_bucket_reads_by_range_and_copies_back(local_ds, s3_bucket,
     uri = s3_bucket + "/datasets/one"
     report = copy_dataset(local_ds.location, uri)
     assert report.files > 0 and report.bytes > 1_500_000
-    b = open_location(uri)
+    b = backend_for(uri)
 
     # The log reads the same from the bucket.
     head = MetadataLog(local_ds.location).latest()
@@ -83,3 +83,15 @@ def test_copy_refuses_to_mix_datasets(local_ds, s3_bucket, tmp_path):
     assert copy_dataset(local_ds.location, uri, overwrite_log=True).files == 0
     with pytest.raises(NotFoundError, match="holds no dataset"):
         copy_dataset(str(tmp_path / "nothing"), s3_bucket + "/other")
+
+
+def test_the_engine_refuses_a_bucket_it_cannot_read_yet(local_ds, s3_bucket):
+    """``backend_for`` serves s3:// now, but ``Storage`` still opens manifests and record
+    files by local path: opening a dataset in a bucket is a clear error, not a misread."""
+    from spacefs.engine.errors import UserInputError
+    from spacefs.engine.storage import Storage
+
+    uri = s3_bucket + "/ds"
+    copy_dataset(local_ds.location, uri)
+    with pytest.raises(UserInputError, match="object storage cannot be opened yet"):
+        Storage(uri)

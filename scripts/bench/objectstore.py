@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "tests"))
 from common import make_blobs  # noqa: E402
 from s3_util import MotoServer  # noqa: E402
 
+from spacefs.engine.backend import backend_for  # noqa: E402
 from spacefs.engine.chunkcache import ChunkCache  # noqa: E402
-from spacefs.engine.objstore import open_location  # noqa: E402
 
 
 class Requests:
@@ -114,7 +114,7 @@ def run(a, bucket: str, req: Requests) -> None:
     rng = np.random.default_rng(0)
     rows: list[tuple[str, str, str]] = []
 
-    sp = open_location(f"s3://{bucket}/spacefs")
+    sp = backend_for(f"s3://{bucket}/spacefs")
     _, t_put, r_put = req.count(lambda: sp.put("data/records/blob/0.array_record", payload))
     storage_options = {"aws_endpoint": os.environ["AWS_ENDPOINT_URL"], "allow_http": "true",
                        "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", ""),
