@@ -25,7 +25,7 @@ import trio
 
 from spacefs.engine.recordpool import POOL
 
-from . import paths
+from . import memdump, paths
 from .access import Grants
 from .control import ControlServer, Limits
 from .fuse_ops import FuseOps, KernelNotifier
@@ -54,6 +54,7 @@ async def _watch(tree: Tree, ops: FuseOps, interval: float, poke: trio.MemoryRec
             if changes:
                 n = await ops.invalidate(changes)
                 log.debug("commit seen: %d changes, %d kernel invalidations", len(changes), n)
+            await ops.trim_inodes()
         except Exception:
             log.exception("watching for commits failed; retrying")
 
@@ -73,6 +74,8 @@ async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_re
         nursery.start_soon(_watch, tree, ops, interval, poke_recv)
         await nursery.start(control.serve, sock)
         nursery.start_soon(_signals, pyfuse3.terminate)
+        if memdump.interval() > 0:
+            nursery.start_soon(memdump.dump_forever, tree, ops, memdump.interval())
         ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

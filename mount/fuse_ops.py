@@ -39,6 +39,11 @@ CHUNKS_KEPT = 6  # per open file: the chunks being read plus those fetched ahead
 PREFETCH = 2  # chunks fetched ahead of a sequential reader
 READDIR_BATCH = 512
 SMALL_FILE = 64 << 10  # read whole at open() when it needs no disk access
+# The kernel keeps an entry it looked up (and so our inode for it) until memory pressure
+# evicts it: with snapshot entries cached for a day, a mount walking new versions would
+# hold ever more. Past this many, the daemon asks the kernel to drop the entries looked
+# up longest ago (they come back on the next lookup); the kernel then forgets the inodes.
+INODES_KEPT = int(os.environ.get("SPACEFS_INODES_KEPT", "16384"))
 
 
 class Notifier(Protocol):
@@ -69,13 +74,16 @@ class KernelNotifier:
 
 
 class InodeTable:
-    """Node <-> inode number, with the kernel's lookup counts (freed on ``forget``)."""
+    """Node <-> inode number, with the kernel's lookup counts (freed on ``forget``) and,
+    oldest lookup first, the entry (parent inode, name) each was last looked up by: what
+    to invalidate to make the kernel forget it (``over``)."""
 
     def __init__(self, root: Node):
         self.root = root
         self._ino: dict[Node, int] = {root: pyfuse3.ROOT_INODE}
         self._node: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
         self._count: dict[int, int] = {}
+        self._entries: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._next = pyfuse3.ROOT_INODE + 1
 
     def node(self, ino: int) -> Node:
@@ -96,15 +104,28 @@ class InodeTable:
             self._node[ino] = node
         return ino
 
-    def remember(self, node: Node) -> int:
-        """An inode for ``node`` whose lookup count the kernel now holds one more of."""
+    def remember(self, node: Node, parent: int | None = None, name: bytes | None = None) -> int:
+        """An inode for ``node`` whose lookup count the kernel now holds one more of,
+        looked up as ``name`` in directory inode ``parent``."""
         ino = self.ino(node)
         self._count[ino] = self._count.get(ino, 0) + 1
+        if parent is not None and name is not None:
+            self._entries[ino] = (parent, name)
+            self._entries.move_to_end(ino)
         return ino
+
+    def over(self, keep: int) -> list[tuple[int, bytes]]:
+        """The entries looked up longest ago beyond the newest ``keep``, handed out once
+        (the kernel forgets their inodes once it dropped them)."""
+        out = []
+        while len(self._entries) > keep:
+            out.append(self._entries.popitem(last=False)[1])
+        return out
 
     def release_unused(self, ino: int) -> None:
         if ino != pyfuse3.ROOT_INODE and not self._count.get(ino):
             self._count.pop(ino, None)
+            self._entries.pop(ino, None)
             node = self._node.pop(ino, None)
             if node is not None:
                 self._ino.pop(node, None)
@@ -233,7 +254,7 @@ class FuseOps(pyfuse3.Operations):
         except NeedsIO:
             child, a = await trio.to_thread.run_sync(self._lookup, parent, os.fsdecode(name), True,
                                                      limiter=self.limiter)
-        return self._entry(self.inodes.remember(child), a)
+        return self._entry(self.inodes.remember(child, parent_inode, name), a)
 
     @_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -268,6 +289,7 @@ class FuseOps(pyfuse3.Operations):
         _, children = self._dirs[fh]
         i = start_id
         n = len(children)
+        parent_ino = self.inodes.ino(self._dirs[fh][0])
         while i < n:
             batch = children[i : i + READDIR_BATCH]
             try:
@@ -285,7 +307,7 @@ class FuseOps(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, os.fsencode(name), entry, i + 1):
                     self.inodes.release_unused(ino)
                     return
-                self.inodes.remember(child)
+                self.inodes.remember(child, parent_ino, os.fsencode(name))
                 i += 1
 
     async def releasedir(self, fh: int) -> None:
@@ -459,3 +481,18 @@ class FuseOps(pyfuse3.Operations):
 
         await trio.to_thread.run_sync(send, limiter=self._notify_limiter)
         return len(calls)
+
+    async def trim_inodes(self, keep: int = INODES_KEPT) -> int:
+        """Bound the inodes the kernel makes us keep: ask it to drop the entries looked
+        up longest ago beyond ``keep`` (it sends ``forget`` for their inodes when it has).
+        Returns how many entries were dropped."""
+        old = self.inodes.over(keep)
+        if old and self.notifier is not None:
+            notifier = self.notifier
+
+            def send() -> None:
+                for parent, name in old:
+                    notifier.invalidate_entry(parent, name)
+
+            await trio.to_thread.run_sync(send, limiter=self._notify_limiter)
+        return len(old)

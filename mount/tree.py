@@ -44,7 +44,12 @@ ROWS, ROW, FIELD, FILES, FILE = "rows", "row", "field", "files", "file"
 DIR, REG, LINK = "dir", "file", "link"
 _DIRS = {ROOT, DS, VERSIONS, TAGS, BRANCHES, VER, INDEX, ROWS, ROW, FILES}
 _LINKS = {CURRENT, TAG, BRANCH}
+# Every cache here has a bound: whole views of snapshots (their index columns), the most
+# used; per dataset, the mtime and directory attributes of this many snapshots (tiny;
+# the Storage's own snapshot documents are bounded there). The kernel-held inodes are
+# bounded in fuse_ops (INODES_KEPT).
 VIEW_CACHE = 16
+SNAPSHOTS_KEPT = 4096
 LOCK_STRIPES = 64
 
 log = logging.getLogger("spacefs.mount")
@@ -84,6 +89,16 @@ class Invalidation:
 
     node: Node
     name: str | None = None
+
+
+def _bound(d: dict, keep: int = SNAPSHOTS_KEPT) -> None:
+    """Drop the oldest entries of ``d`` beyond ``keep`` (a worker thread may race the
+    loop here: a key already gone is fine, it is rebuilt on need)."""
+    while len(d) > keep:
+        try:
+            d.pop(next(iter(d)), None)
+        except (StopIteration, RuntimeError):
+            return
 
 
 @dataclass
@@ -260,6 +275,7 @@ class Tree:
             if not io:
                 raise NeedsIO
             t = st.snap_ns[sid] = _ns(st.storage.snapshot(sid)["time"])
+            _bound(st.snap_ns)
         return t
 
     def view(self, ds: str, sid: int, io: bool, *, rows: bool = False, files: bool = False) -> SnapshotView:
@@ -434,6 +450,7 @@ class Tree:
             a = st.dir_attrs.get(node.sid)
             if a is None:  # one shared object: listings reuse what they built for the last entry
                 a = st.dir_attrs[node.sid] = Attr(DIR, 0, self._snap_ns(st, node.sid, io), True)
+                _bound(st.dir_attrs)
             return a
         return Attr(REG, self.size(node, io), self._snap_ns(st, node.sid, io), True)
 

@@ -287,3 +287,47 @@ def test_the_mount_tree_closes_a_dataset_that_goes_away(tmp_path):
         cat.delete_dataset("pets")
         tree.poll()
         assert open_under(location) == 0 and not tree._states
+
+
+def test_the_inode_table_hands_out_the_oldest_entries_beyond_its_bound():
+    from spacefs.mount.fuse_ops import InodeTable
+    from spacefs.mount.tree import Node
+
+    table = InodeTable(Node("root"))
+    inos = [table.remember(Node("row", "d", 1, r), 1, str(r).encode()) for r in range(10)]
+    table.remember(Node("row", "d", 1, 0), 1, b"0")  # looked up again: now the newest
+    assert table.over(7) == [(1, b"1"), (1, b"2"), (1, b"3")]
+    assert table.over(7) == []  # each handed out once
+    table.forget(inos[1], 1)  # the kernel forgot it: gone from the table
+    assert len(table) == 10
+    table.forget(inos[5], 1)  # forgotten before it was handed out: not handed out
+    assert table.over(0) == [(1, str(r).encode()) for r in (4, 6, 7, 8, 9, 0)]
+
+
+def test_the_daemon_keeps_a_bounded_number_of_inodes(tmp_path, monkeypatch):
+    """Walking many rows of many versions: past SPACEFS_INODES_KEPT the daemon makes the
+    kernel drop the oldest entries, the kernel forgets their inodes, the table shrinks
+    (the daemon's own count, from its memdump log lines)."""
+    import json
+    import re
+
+    from mount_util import image_bytes, make_catalog, mounted, wait_for
+
+    monkeypatch.setenv("SPACEFS_INODES_KEPT", "40")
+    monkeypatch.setenv("SPACEFS_MEMDUMP", "0.2")
+    cat, _ = make_catalog(str(tmp_path), n=60)
+    mnt = str(tmp_path / "mnt")
+    with mounted(cat.location, mnt) as info:
+        rows = os.path.join(mnt, "pets", "versions", "1", "rows")
+        for r in range(60):
+            with open(os.path.join(rows, str(r), "image"), "rb") as f:
+                assert f.read() == image_bytes(r)
+
+        def inodes() -> int | None:
+            with open(info.log) as f:
+                counts = re.findall(r"tables (\{.*\})", f.read())
+            return json.loads(counts[-1].replace("'", '"'))["inodes"] if counts else None
+
+        wait_for(lambda: (n := inodes()) is not None and n <= 40 + 8, timeout=20, what="inodes back under the bound")
+        with open(os.path.join(rows, "0", "image"), "rb") as f:  # a dropped entry: looked up again
+            assert f.read() == image_bytes(0)
