@@ -132,16 +132,75 @@ def backward_changes(st: Storage, newer: int, older: int) -> RowChanges:
 
 def _lookup(st: Storage, sid: int, keys: pa.Table) -> pa.Table:
     """Rows (index form) of snapshot ``sid`` with these keys: files pruned by stats,
-    the key columns read first, whole rows only from files holding a match."""
-    from .writes import key_filter, key_mask
+    the key columns read first, whole rows only from the row groups holding a match."""
+    from .writes import key_filter
 
     out = []
     for entry in st.index_entries(sid, key_filter(keys)):
-        path = st.full_path(entry["path"])
-        mask = key_mask(pq.read_table(path, columns=st.primary_keys), keys)
-        if mask.any():
-            out.append(pq.read_table(path, schema=st.index_schema).filter(pa.array(mask)))
+        t = _lookup_file(st, st.full_path(entry["path"]), keys)
+        if t is not None and t.num_rows:
+            out.append(t)
     return pa.concat_tables(out) if out else st.index_schema.empty_table()
+
+
+def _lookup_file(st: Storage, path: str, keys: pa.Table) -> pa.Table | None:
+    """Rows of one index file with these keys, or None.
+
+    A sibling diff looks up a few keys in a base file of ~100,000 rows: reading it whole
+    (through the dataset layer, key column twice) was most of the diff. The file is
+    opened once, the key columns read once from the row groups whose key range can hold
+    a key, and the other columns only from the row groups holding a match.
+    """
+    from .writes import key_mask
+
+    pk = st.primary_keys
+    pf = pq.ParquetFile(path)
+    if pf.schema_arrow.names != st.index_schema.names:
+        # Written before a schema change: let the dataset layer fill missing columns.
+        t = pq.read_table(path, schema=st.index_schema)
+        return t.filter(pa.array(key_mask(t.select(pk), keys)))
+    md = pf.metadata
+    groups = _candidate_groups(md, pk, keys)
+    if not groups:
+        return None
+    k = pf.read_row_groups(groups, columns=pk, use_threads=False)
+    mask = key_mask(k, keys)
+    if not mask.any():
+        return None
+    starts = np.cumsum([0] + [md.row_group(g).num_rows for g in groups])
+    hit = [i for i in range(len(groups)) if mask[starts[i]:starts[i + 1]].any()]
+    rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in hit])
+    keep = mask[rows]
+    rest = [n for n in st.index_schema.names if n not in pk]
+    other = pf.read_row_groups([groups[i] for i in hit], columns=rest) if rest else None
+    key_part = k.take(pa.array(rows[keep]))
+    cols = {n: key_part.column(n) for n in pk}
+    if other is not None:
+        other = other.filter(pa.array(keep))
+        cols.update({n: other.column(n) for n in rest})
+    return pa.table([cols[n] for n in st.index_schema.names], names=st.index_schema.names).cast(st.index_schema)
+
+
+def _candidate_groups(md: pq.FileMetaData, pk: list[str], keys: pa.Table) -> list[int]:
+    """Row groups whose min/max statistics of a single integer key can hold one of
+    ``keys``; every row group when the key is composite or has no statistics."""
+    every = list(range(md.num_row_groups))
+    if len(pk) != 1 or not pa.types.is_integer(keys.schema.field(pk[0]).type):
+        return every
+    col = md.schema.names.index(pk[0]) if pk[0] in md.schema.names else -1
+    if col < 0:
+        return every
+    wanted = np.sort(keys.column(pk[0]).to_numpy(zero_copy_only=False))
+    out = []
+    for g in every:
+        stats = md.row_group(g).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            out.append(g)
+            continue
+        i = np.searchsorted(wanted, stats.min, side="left")
+        if i < len(wanted) and wanted[i] <= stats.max:
+            out.append(g)
+    return out
 
 
 def _minus(pk: list[str], a: pa.Table, b: pa.Table) -> pa.Table:
