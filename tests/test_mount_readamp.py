@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 from mount_util import mounted
 
 from spacefs import DirCatalog, FileOptions
+from spacefs.mount.recread import Decoded
 
 SCHEMA = pa.schema([("id", pa.int64()), ("blob", pa.binary())])
 PAGE = 4096
@@ -75,3 +78,24 @@ def test_a_compressed_record_read_in_small_pieces_is_decoded_once(tmp_path):
     assert got == blob
     print(f"compressed: daemon read {read} bytes for {len(blob)} ({read / len(blob):.2f}x)")
     assert read <= 1.5 * len(blob), f"daemon read {read} bytes for an {len(blob)}-byte record"
+
+
+def test_decoded_records_decode_once_under_concurrency_and_stay_within_budget():
+    cache = Decoded(budget=10)
+    started, release = threading.Event(), threading.Event()
+
+    def decode() -> bytes:
+        started.set()
+        release.wait(5)
+        return b"abcdef"
+
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(cache.fetch, "r", decode) for _ in range(4)]
+        assert started.wait(5)
+        release.set()
+        assert [f.result() for f in futs] == [b"abcdef"] * 4
+    assert cache.decodes == 1 and cache.get("r") == b"abcdef"
+    assert cache.fetch("s", lambda: b"123456") == b"123456"  # 12 bytes > 10: the oldest goes
+    assert cache.get("r") is None and cache.get("s") == b"123456" and cache.used == 6
+    assert cache.fetch("huge", lambda: b"x" * 11) == b"x" * 11  # bigger than the budget: not kept
+    assert cache.get("huge") is None and cache.get("s") == b"123456"
