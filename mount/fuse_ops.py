@@ -1,7 +1,10 @@
 """The pyfuse3 ``Operations``: a thin adapter from FUSE requests to the ``Tree``.
 
 Owns what FUSE needs and the tree does not: inode numbers and their lookup counts, open
-file and directory handles, errno mapping, cache lifetimes and read-ahead.
+file and directory handles, errno mapping, cache lifetimes and read-ahead. Reads are
+sized to the access pattern: a read that continues an earlier one on its open file gets
+aligned 1 MiB chunks fetched ahead; any other read gets exactly the bytes it asked for,
+so random 4 KiB reads of a large record read about 4 KiB each from disk.
 
 Concurrency model: pyfuse3 runs each request in its own trio task. A handler first asks
 the tree from memory (``io=False``); on ``NeedsIO`` it asks again in a worker thread
@@ -34,7 +37,7 @@ log = logging.getLogger("spacefs.mount")
 
 IMMUTABLE_TIMEOUT = 86400.0
 MUTABLE_TIMEOUT = 1.0
-CHUNK = 1 << 20  # disk reads in worker threads fetch aligned chunks of this size
+CHUNK = 1 << 20  # sequential readers' disk reads fetch aligned chunks of this size
 CHUNKS_KEPT = 6  # per open file: the chunks being read plus those fetched ahead
 PREFETCH = 2  # chunks fetched ahead of a sequential reader
 ENDS_KEPT = 8  # per open file: ends of the latest reads, to tell a sequential reader
