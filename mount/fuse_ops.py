@@ -1,7 +1,10 @@
 """The pyfuse3 ``Operations``: a thin adapter from FUSE requests to the ``Tree``.
 
 Owns what FUSE needs and the tree does not: inode numbers and their lookup counts, open
-file and directory handles, errno mapping, cache lifetimes and read-ahead.
+file and directory handles, errno mapping, cache lifetimes and read-ahead. Reads are
+sized to the access pattern: a read that continues an earlier one on its open file gets
+aligned 1 MiB chunks fetched ahead; any other read gets exactly the bytes it asked for,
+so random 4 KiB reads of a large record read about 4 KiB each from disk.
 
 Concurrency model: pyfuse3 runs each request in its own trio task. A handler first asks
 the tree from memory (``io=False``); on ``NeedsIO`` it asks again in a worker thread
@@ -18,7 +21,7 @@ import functools
 import logging
 import os
 import stat
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,9 +37,10 @@ log = logging.getLogger("spacefs.mount")
 
 IMMUTABLE_TIMEOUT = 86400.0
 MUTABLE_TIMEOUT = 1.0
-CHUNK = 1 << 20  # disk reads in worker threads fetch aligned chunks of this size
+CHUNK = 1 << 20  # sequential readers' disk reads fetch aligned chunks of this size
 CHUNKS_KEPT = 6  # per open file: the chunks being read plus those fetched ahead
 PREFETCH = 2  # chunks fetched ahead of a sequential reader
+ENDS_KEPT = 8  # per open file: ends of the latest reads, to tell a sequential reader
 READDIR_BATCH = 512
 SMALL_FILE = 64 << 10  # read whole at open() when it needs no disk access
 # The kernel keeps an entry it looked up (and so our inode for it) until memory pressure
@@ -150,7 +154,15 @@ class _File:
     chunks: OrderedDict[int, memoryview] = field(default_factory=OrderedDict)
     pending: dict[int, trio.Event] = field(default_factory=dict)
     last_chunk: int = -1
+    ends: deque[int] = field(default_factory=lambda: deque([0], maxlen=ENDS_KEPT))
     closed: bool = False
+
+    def sequential(self, off: int, end: int) -> bool:
+        """Whether a read at ``off`` continues an earlier one (the kernel's read-ahead
+        may have several in flight, so any of the latest ends counts); records ``end``."""
+        seq = off in self.ends
+        self.ends.append(end)
+        return seq
 
 
 def _errors(fn: Callable) -> Callable:
@@ -343,6 +355,11 @@ class FuseOps(pyfuse3.Operations):
         if f.data is not None:
             return f.data[off : off + size]
         first, last = off // CHUNK, (off + size - 1) // CHUNK
+        if not f.sequential(off, off + size) and any(k not in f.chunks and k not in f.pending
+                                                     for k in range(first, last + 1)):
+            # A random reader gets what it asked for: a whole chunk per 4 KiB read
+            # would read hundreds of times the bytes served.
+            return await self._exact(f, off, size)
         if first == last:
             chunk = f.chunks.get(first)
             if chunk is None and first not in f.pending:
@@ -363,6 +380,14 @@ class FuseOps(pyfuse3.Operations):
         data = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
         rel = off - first * CHUNK
         return data[rel : rel + size]
+
+    async def _exact(self, f: _File, off: int, size: int) -> bytes:
+        """Bytes ``[off, off+size)`` alone: from the page cache on the loop, else in a
+        worker thread."""
+        try:
+            return self.tree.read(f.node, off, size, io=False)
+        except NeedsIO:
+            return await trio.to_thread.run_sync(self.tree.read, f.node, off, size, limiter=self.limiter)
 
     def _ahead(self, f: _File, k: int) -> None:
         """A reader moving forward through chunk ``k``: fetch the next chunks in the

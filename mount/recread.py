@@ -11,6 +11,63 @@ engine's record pool (``spacefs.engine.recordpool``), which owns every open reco
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
 from spacefs.engine.records import read_record_range as read_range  # noqa: F401 (re-export)
 
 INLINE_MAX = 1 << 20  # longest read tried on the event loop
+DECODED_BUDGET = 128 << 20  # bytes of decoded compressed records kept, all datasets together
+
+
+class Decoded:
+    """Records of compressed files, decoded whole and kept (least recently used out,
+    within ``budget`` bytes).
+
+    A compressed ArrayRecord chunk can only be decoded whole, so serving a record in
+    1 MiB pieces used to decode it once per piece: quadratic in its size. Record files
+    never change, so a decoded record stays valid; a per-key lock makes concurrent
+    readers of one record (the kernel's read-ahead, our prefetch) wait for one decode.
+    """
+
+    def __init__(self, budget: int = DECODED_BUDGET) -> None:
+        self.budget = budget
+        self.used = 0
+        self.decodes = 0  # how many records were decoded, for tests and debugging
+        self._kept: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._busy: dict[Hashable, threading.Lock] = {}
+
+    def get(self, key: Hashable) -> bytes | None:
+        """The decoded record, if kept; never blocks on a decode."""
+        with self._lock:
+            data = self._kept.get(key)
+            if data is not None:
+                self._kept.move_to_end(key)
+            return data
+
+    def fetch(self, key: Hashable, decode: Callable[[], bytes]) -> bytes:
+        """The decoded record, decoding it (once, however many ask at once) if not kept."""
+        data = self.get(key)
+        if data is not None:
+            return data
+        with self._lock:
+            lock = self._busy.setdefault(key, threading.Lock())
+        with lock:
+            data = self.get(key)
+            if data is not None:
+                return data
+            data = decode()
+            with self._lock:
+                self.decodes += 1
+                self._busy.pop(key, None)
+                if len(data) <= self.budget:
+                    self._kept[key] = data
+                    self.used += len(data)
+                    while self.used > self.budget:
+                        self.used -= len(self._kept.popitem(last=False)[1])
+            return data
+
+
+DECODED = Decoded()

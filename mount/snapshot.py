@@ -34,7 +34,7 @@ from spacefs.engine.layout import (
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Storage
 
-from .recread import INLINE_MAX, read_range
+from .recread import DECODED, INLINE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
 
@@ -215,10 +215,10 @@ class SnapshotView:
                 return read_range(h.fd, off, start, length, nowait=not io)
             finally:
                 pool.release(h)
-        if not io:
-            return None
-        data = reader.read_one(rel, int(r.pos[row]), off, size)  # compressed file: whole record
-        return data[start : start + length]
+        # A compressed file: the record decodes only whole, so keep it for the next piece.
+        key = (reader.root, rel, int(r.pos[row]))
+        data = DECODED.get(key) if not io else DECODED.fetch(key, lambda: reader.read_one(rel, key[2], off, size))
+        return None if data is None else data[start : start + length]
 
     # -- files/ ----------------------------------------------------------------
     @property
