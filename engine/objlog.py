@@ -17,9 +17,9 @@ therefore reads the object back when refused: if it holds our bytes, the create 
 (Two writers cannot build equal bytes by chance: an entry holds its time and, for a
 snapshot, the fresh names of the manifests it wrote.)
 
-This is engine/log.py's protocol with one change that matters on a bucket: the head is
-found by one LIST from the hint, not a HEAD per entry past it. On a backend of the seam in
-engine/backend.py (``S3Backend`` is one), ``MetadataLog`` itself is correct on S3 too.
+This is engine/log.py's ``MetadataLog`` with one change that matters on a bucket: the
+head is found by one LIST from the hint, not a HEAD per entry past it. Reading entries,
+publishing and repairing snapshot pointers are ``MetadataLog``'s own.
 
 ``snapshots/<id>.json`` is a copy of the entry that made the snapshot (a hard link on disk;
 the bytes are the same, so a dataset copied object for object stays valid), written with
@@ -28,25 +28,18 @@ the bytes are the same, so a dataset copied object for object stays valid), writ
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from . import failpoints
+from . import format as fmt
 from .backend import Backend
-from .errors import AlreadyExistsError, CorruptionError, VersionNotFoundError
-from .log import SEQ_DIGITS, Entry
+from .errors import AlreadyExistsError, VersionNotFoundError
+from .log import MetadataLog
 
-LOG = "metadata/log/"
-SNAPSHOTS = "metadata/snapshots/"
-HINT = LOG + "LATEST"
-
-
-def entry_path(seq: int) -> str:
-    return f"{LOG}{seq:0{SEQ_DIGITS}d}.json"
-
-
-def snapshot_path(snapshot_id: int) -> str:
-    return f"{SNAPSHOTS}{snapshot_id:0{SEQ_DIGITS}d}.json"
+LOG = fmt.LOG_DIR + "/"
+SNAPSHOTS = fmt.SNAPSHOTS_DIR + "/"
+HINT = fmt.LOG_HINT
+entry_path = fmt.log_entry
+snapshot_path = fmt.snapshot_entry
 
 
 def _seq_of(path: str) -> int | None:
@@ -56,30 +49,29 @@ def _seq_of(path: str) -> int | None:
     return None
 
 
-class ObjectLog:
-    """Reads and publishes the entries of one dataset's log through a ``Backend``."""
+class ObjectLog(MetadataLog):
+    """``MetadataLog`` on any ``Backend``, finding its head by listing (one request)."""
 
     def __init__(self, backend: Backend):
-        self.backend = backend
-        self.root = backend.uri
+        super().__init__(backend.uri, backend=backend)
         self._known: int | None = None  # newest seq this process has seen: where listing starts
 
-    # -- reading ---------------------------------------------------------------
-    def _hint(self) -> int | None:
+    def _start(self) -> int | None:
         if self._known is not None:
             return self._known
         try:
-            return int(self.backend.read(HINT).strip() or 0)
+            return int(self.backend.read_bytes(HINT).strip() or 0)
         except (FileNotFoundError, ValueError):
             return None
 
     def head_seq(self) -> int:
         """Sequence number of the newest entry: one listing from the hint on."""
-        hint = self._hint()
+        hint = self._start()
         seqs: list[int] = []
         if hint is not None and hint > 0:
             # Start one before the hint so the hint's own entry proves it is not ahead.
-            seqs = [s for s in map(_seq_of, self.backend.list_paths(LOG, start_after=entry_path(hint - 1))) if s is not None]
+            seqs = [s for s in map(_seq_of, self.backend.list_paths(LOG, start_after=entry_path(hint - 1)))
+                    if s is not None]
             if hint not in seqs:
                 seqs = []  # hint ahead of the log: only if the log was tampered with
         if not seqs:
@@ -89,66 +81,13 @@ class ObjectLog:
         self._known = max(seqs)
         return self._known
 
-    def entry(self, seq: int) -> Entry:
-        path = entry_path(seq)
-        try:
-            data = self.backend.read(path)
-        except FileNotFoundError:
-            raise VersionNotFoundError(f"log entry {seq} does not exist in {self.root}") from None
-        try:
-            return Entry(seq, json.loads(data))
-        except json.JSONDecodeError as e:
-            raise CorruptionError(f"log entry {self.root}/{path} is not valid JSON: {e}") from None
-
-    def latest(self) -> Entry:
-        return self.entry(self.head_seq())
-
-    def snapshot_entry(self, snapshot_id: int) -> Entry:
-        """The entry that made snapshot ``snapshot_id``."""
-        try:
-            doc = json.loads(self.backend.read(snapshot_path(snapshot_id)))
-            return Entry(doc["seq"], doc)
-        except FileNotFoundError:
-            pass
-        head = self.latest()
-        if snapshot_id < 0 or snapshot_id > head.last_snapshot_id:
-            raise VersionNotFoundError(
-                f"snapshot {snapshot_id} does not exist in {self.root} (latest is {head.last_snapshot_id})"
-            )
-        # A crash after publishing skipped the pointer: find the entry, repair the pointer.
-        seq = head.seq
-        while seq >= 0:
-            e = self.entry(seq)
-            snap = e.doc.get("snapshot")
-            if snap and snap["id"] == snapshot_id:
-                self._write_pointer(e, self.backend.read(entry_path(seq)))
-                return e
-            if e.last_snapshot_id < snapshot_id:
-                break
-            seq -= 1
-        raise CorruptionError(f"snapshot {snapshot_id} is counted but not found in the log of {self.root}")
-
-    # -- writing ---------------------------------------------------------------
     def try_publish(self, doc: dict[str, Any]) -> bool:
-        """Publish ``doc`` as entry ``doc['seq']``; False if another writer got there first."""
-        seq = doc["seq"]
-        data = json.dumps(doc, sort_keys=True).encode()
-        failpoints.hit("commit:before_publish")
-        if not self.backend.put_if_absent(entry_path(seq), data):
+        if not super().try_publish(doc):
             return False
-        failpoints.hit("commit:after_publish")
-        self._known = seq
-        entry = Entry(seq, doc)
-        if doc.get("snapshot"):
-            self._write_pointer(entry, data)
-        failpoints.hit("commit:after_snapshot_link")
-        self.backend.put(HINT, str(seq).encode())
+        self._known = doc["seq"]
         return True
 
-    def _write_pointer(self, entry: Entry, data: bytes) -> None:
-        self.backend.put_if_absent(snapshot_path(entry.doc["snapshot"]["id"]), data)
-
     def init(self, doc: dict[str, Any]) -> None:
-        """Create the log with entry 0 (the empty snapshot 0)."""
+        """Create the log with entry 0 (the empty snapshot 0); a bucket needs no folders."""
         if not self.try_publish(doc):
             raise AlreadyExistsError(f"a dataset already exists at {self.root}")
