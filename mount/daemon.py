@@ -35,8 +35,12 @@ log = logging.getLogger("spacefs.mount")
 
 POLL_INTERVAL = 0.25
 # Record files no read touched for this long are closed (the versions nobody reads any
-# more): a mount following commits for weeks keeps a flat number of descriptors.
-IDLE_CLOSE = float(os.environ.get("SPACEFS_IDLE_CLOSE", "60"))
+# more): a mount following commits for weeks keeps a flat number of descriptors. Short,
+# because a descriptor caches nothing the page cache does not: reopening a record file
+# costs an open, an fstat and a map (tens of microseconds), while every descriptor kept
+# for a file of an old version readers touched once is held for the whole window, and
+# the set of such files grows with the history readers wander through.
+IDLE_CLOSE = float(os.environ.get("SPACEFS_IDLE_CLOSE", "10"))
 
 
 async def _watch(tree: Tree, ops: FuseOps, interval: float, poke: trio.MemoryReceiveChannel) -> None:

@@ -45,8 +45,16 @@ def rows(ids: list[int], tag: int) -> dict:
             "blob": [(f"{i}:{tag}:".encode() * BLOB)[:BLOB] for i in ids]}
 
 
-def daemon_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def daemon_fds(pid: int) -> tuple[int, int]:
+    """The daemon's open descriptors, and how many of them are record files (the pool's)."""
+    total = records = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        total += 1
+        try:
+            records += os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".array_record")
+        except OSError:
+            pass  # closed meanwhile
+    return total, records
 
 
 def daemon_rss_mib(pid: int) -> float:
@@ -155,20 +163,22 @@ def run(root: str, args: argparse.Namespace) -> int:
         for t in threads:
             t.start()
         minutes = max(1, round(args.minutes))
-        fds, rss = [], []
+        fds, recs, rss = [], [], []
         print(f"soak: daemon pid {info.pid}, {minutes} minutes, a commit every {args.commit_every:g} s, "
               f"{args.readers} readers, {KEYS} rows of {BLOB} B")
-        print("| minute | commits | reads | daemon fds | daemon RSS MiB | read p50 ms | p95 ms | p99 ms |")
-        print("| ------ | ------- | ----- | ---------- | -------------- | ----------- | ------ | ------ |")
+        print("| minute | commits | reads | daemon fds | of them record files | daemon RSS MiB | read p50 ms | p95 ms | p99 ms |")
+        print("| ------ | ------- | ----- | ---------- | -------------------- | -------------- | ----------- | ------ | ------ |")
         started = time.monotonic()
         try:
             for m in range(1, minutes + 1):
                 soak.stop.wait(max(0.0, started + 60 * m * args.minutes / minutes - time.monotonic()))
                 commits, reads, lat = soak.sample()
-                fds.append(daemon_fds(info.pid))
+                n, r = daemon_fds(info.pid)
+                fds.append(n)
+                recs.append(r)
                 rss.append(daemon_rss_mib(info.pid))
                 q = np.percentile(np.asarray(lat) * 1e3, [50, 95, 99]) if lat else [float("nan")] * 3
-                print(f"| {m:6d} | {commits:7d} | {reads:5d} | {fds[-1]:10d} | {rss[-1]:14.1f} | {q[0]:11.2f} | "
+                print(f"| {m:6d} | {commits:7d} | {reads:5d} | {fds[-1]:10d} | {recs[-1]:20d} | {rss[-1]:14.1f} | {q[0]:11.2f} | "
                       f"{q[1]:6.2f} | {q[2]:6.2f} |", flush=True)
         finally:  # readers out of the mount before it is unmounted (also on Ctrl-C)
             soak.stop.set()
