@@ -27,10 +27,10 @@ def interval() -> float:
         return 0.0
 
 
-def table_sizes(tree: Any, ops: Any) -> dict[str, int]:
+def table_sizes(tree: Any, ops: Any) -> dict[str, Any]:
     """Entry counts of the daemon's caches and tables."""
     sizes = {"inodes": len(ops.inodes), "open_files": len(ops._files), "open_dirs": len(ops._dirs),
-             "views": len(tree._views), "datasets": len(tree._states),
+             "view_cache": tree.cache.stats(), "datasets": len(tree._states),
              "arrow_kib": pa.total_allocated_bytes() // 1024}
     for name, st in list(tree._states.items()):
         sizes[f"{name}.snap_ns"] = len(st.snap_ns)
