@@ -5,8 +5,9 @@ immutable index file, and *views*, a snapshot's cheap combination of its pieces.
 holds its pieces, so it pins them: a pinned piece is never evicted (its memory could not
 be freed while the view lives) and is unpinned when the last view holding it goes.
 Every byte the cache keeps alive is therefore counted once, in ``nbytes``, and
-``nbytes <= bound`` holds after every ``put`` (an entry larger than the bound alone is
-handed back to its caller and not kept).
+``nbytes <= bound`` holds after every ``put``, but for one case: the entry just put (with
+what it pins) is never evicted by its own ``put``, so a view larger than the whole bound
+stays until the next one comes (else every request for it would build it again).
 
 Builds are serialised per key (striped locks of the cache's own, never taken while the
 cache lock is held), so a piece shared by many snapshots is built once however many
@@ -99,7 +100,7 @@ class MemLRU:
                 d.pins += 1
             self._d[key] = _Entry(value, nbytes, tuple(k for k, _, _ in deps), old.pins if old else 0)
             self.nbytes += nbytes
-            self._evict()
+            self._evict(key)
             self.peak = max(self.peak, self.nbytes)
 
     def _unpin(self, e: _Entry) -> None:
@@ -108,13 +109,13 @@ class MemLRU:
             if d is not None:
                 d.pins -= 1
 
-    def _evict(self) -> None:
+    def _evict(self, keep: Hashable) -> None:
         # Oldest first; a pinned entry is moved to the newest end (whatever pins it is
         # itself unpinned, so the walk reaches it and frees it).
         skipped = 0
         while self.nbytes > self.bound and self._d and skipped <= len(self._d):
             key, e = next(iter(self._d.items()))
-            if e.pins:
+            if e.pins or key == keep:
                 self._d.move_to_end(key)
                 skipped += 1
                 continue

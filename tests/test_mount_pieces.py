@@ -122,7 +122,9 @@ def test_the_cache_bound_holds_and_views_pin_their_pieces():
     c.put("v", "view", 100, deps=[("p1", "piece1", 300), ("p2", "piece2", 300)])
     c.put("p3", "piece3", 400)  # over the bound: p1, p2 are pinned, the view goes first
     assert c.nbytes <= 1000 and c.get("v") is None and c.get("p3") == "piece3"
-    c.put("big", "too big", 5000)  # larger than the bound: not kept
+    c.put("big", "too big", 5000)  # larger than the bound: kept alone, until the next put
+    assert c.get("big") == "too big" and c.nbytes == 5000 and len(c) == 1
+    c.put("p3", "piece3", 400)
     assert c.get("big") is None and c.nbytes <= 1000
     c.put("v2", "view2", 100, deps=[("p9", "piece9", 500)])  # a dep evicted meanwhile comes back
     assert c.get("p9") == "piece9" and c.nbytes <= 1000
