@@ -30,8 +30,8 @@ def interval() -> float:
 def table_sizes(tree: Any, ops: Any) -> dict[str, int]:
     """Entry counts of the daemon's caches and tables."""
     sizes = {"inodes": len(ops.inodes), "open_files": len(ops._files), "open_dirs": len(ops._dirs),
-             "views": len(tree._views), "datasets": len(tree._states),
-             "arrow_kib": pa.total_allocated_bytes() // 1024}
+             "view_cache_entries": len(tree.cache), "view_cache_kib": tree.cache.nbytes // 1024,
+             "datasets": len(tree._states), "arrow_kib": pa.total_allocated_bytes() // 1024}
     for name, st in list(tree._states.items()):
         sizes[f"{name}.snap_ns"] = len(st.snap_ns)
         sizes[f"{name}.dir_attrs"] = len(st.dir_attrs)

@@ -1,9 +1,11 @@
 """One immutable snapshot seen as files: its rows by key, its field values as bytes.
 
 A ``SnapshotView`` is built once per (dataset, snapshot) (its layout is its own) from the index
-Parquet files alone (``reference_read=True``): record fields stay references, so the
-view knows every file's exact size and where its bytes lie without reading a record.
-Snapshots never change, so a view never needs invalidating; the tree caches a few.
+Parquet files alone (references, as ``reference_read=True`` reads them): record fields
+stay references, so the view knows every file's exact size and where its bytes lie
+without reading a record. The per-file work lives in pieces (``pieces``) shared between
+snapshots; a view combines them. Snapshots never change, so a view never needs
+invalidating; the tree keeps views and pieces in one cache bounded by memory (``memlru``).
 """
 
 from __future__ import annotations
@@ -14,26 +16,21 @@ import decimal
 import json
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from itertools import chain
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.types as pat
 
-from spacefs.engine.dataset import Dataset
-from spacefs.engine.layout import (
-    FilesIndex,
-    key_names,
-    last_wins,
-    layout_paths,
-    place,
-    row_snapshots,
-    write_order,
-)
+from spacefs.engine.layout import FilesIndex, place
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Storage
 
+from .pieces import FilesPiece, IndexPiece, PieceSource
 from .recread import DECODED, INLINE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
@@ -41,24 +38,6 @@ log = logging.getLogger("spacefs.mount")
 
 def _ns(iso: str | None) -> int:
     return int(dt.datetime.fromisoformat(iso).timestamp() * 1e9) if iso else 0
-
-
-class _Refs:
-    """The reference columns of one record field, as flat arrays (cheap per-row access)."""
-
-    def __init__(self, col: pa.ChunkedArray):
-        arr = col.combine_chunks()
-        n = len(arr)
-        # Plain lists: indexing one is several times cheaper than a numpy scalar access,
-        # and stat/lookup index them once per request.
-        self.valid: list[bool] = arr.is_valid().to_pylist() if arr.null_count else [True] * n
-        self.size: list[int] = arr.field("size").fill_null(0).to_pylist()
-        self.offset = arr.field("offset").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        self.pos = arr.field("pos").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        # Most rows share a few record files: intern the names.
-        files = arr.field("file").dictionary_encode()
-        self.file_names: list[str] = files.dictionary.to_pylist()
-        self.file_idx = files.indices.fill_null(0).to_numpy(zero_copy_only=False)
 
 
 def _json_default(v: Any) -> Any:
@@ -88,9 +67,13 @@ def format_value(value: Any, typ: pa.DataType) -> bytes:
 
 
 class SnapshotView:
-    """Rows of snapshot ``sid``: names by primary key, and field contents by row."""
+    """Rows of snapshot ``sid``: names by primary key, and field contents by row.
 
-    def __init__(self, storage: Storage, sid: int, layout: dict[str, str] | None):
+    Rows are numbered as the snapshot's index files list them (``Storage.index_entries``),
+    each file's rows in a row range of their own; the per-file work comes from
+    ``pieces`` (shared with every other snapshot holding the file)."""
+
+    def __init__(self, storage: Storage, sid: int, layout: dict[str, str] | None, pieces: PieceSource):
         self.storage = storage
         self.sid = sid
         self.layout = layout
@@ -98,20 +81,23 @@ class SnapshotView:
         self.field_names: list[str] = list(storage.schema.names)  # (Schema.names builds a new list per call)
         self._field_set = frozenset(self.field_names)
         self.record_fields = frozenset(storage.record_fields)
+        self._source = pieces
         entries = storage.index_entries(sid)
         # index/: the snapshot's Parquet files under their basenames.
         self.index_files: dict[str, tuple[str, int]] = {
             os.path.basename(e["path"]): (e["path"], int(e["bytes"])) for e in entries
         }
-        self._table: pa.Table | None = None
+        self._entries = [(e["path"], int(e["snapshot_id"])) for e in entries if e["rows"]]
+        self._pieces: list[IndexPiece] = []
+        self._starts: list[int] = []  # first row of each piece
+        self._piece_ns: list[int] = []  # per piece: create time of the snapshot that wrote it
+        self._order: list[int] = []  # pieces in write order, oldest first (ties: listed order)
+        self._deps: list[tuple[Hashable, Any, int]] = []
         self._names: list[str] | None = None
         self._rows: Sequence[int] | None = None
         self._by_name: dict[str, int] | None = None
-        self._refs: dict[str, _Refs] = {}
-        self._cols: dict[str, pa.Array] = {}
         self._files: FilesIndex | None = None
-        self._order: np.ndarray | None = None  # rows in write order, oldest first
-        self.row_ns: list[int] = []  # per row: create time of the snapshot that wrote it
+        self._own_bytes = 0
         self.collisions = {"rows": 0, "files": 0}  # names more than one row rendered
 
     # -- rows ------------------------------------------------------------------
@@ -120,37 +106,54 @@ class SnapshotView:
         return self._by_name is not None
 
     def load_rows(self) -> None:
-        """Read the snapshot's index rows (references only) and index them by key."""
+        """Take the pieces of the snapshot's index files and index their rows by key;
+        where rows share a name the row written last wins."""
         if self._by_name is not None:
             return
-        runner = Dataset(self.storage).local()
-        t = runner.read_all(version=self.sid, reference_read=True)
-        t = t.combine_chunks()
-        self._write_order(t.num_rows)
-        all_names = key_names(t, self.storage.primary_keys)
-        by_name, dups = last_wins(all_names, self._order)
+        got = [self._source.index(rel) for rel, _ in self._entries]
+        pieces = [p for _, p in got]
+        starts, total = [], 0
+        for p in pieces:
+            starts.append(total)
+            total += p.n
+        sids = [s for _, s in self._entries]
+        order = sorted(range(len(pieces)), key=sids.__getitem__)
+        by_name: dict[str, int] = {}
+        for i in order:  # dict.update in write order: the row written last keeps the name
+            by_name.update(zip(pieces[i].names, range(starts[i], starts[i] + pieces[i].n), strict=True))
+        shared = len(pieces) == 1  # (then the piece's names are the listing as they are)
+        all_names = pieces[0].names if shared else list(chain.from_iterable(p.names for p in pieces))
         names: list[str]
         rows: Sequence[int]
-        if not dups:
-            names, rows = all_names, range(len(all_names))
+        dups = 0
+        if len(by_name) == total:
+            names, rows = all_names, range(total)
         else:  # appends do not check keys: the row written last shows
+            dups = sum(1 for c in Counter(all_names).values() if c > 1)
             rows = sorted(by_name.values())
             names = [all_names[r] for r in rows]
             log.warning("%s@%d: %d names are taken by more than one row; rows/ shows the row written last",
                         self.storage.name, self.sid, dups)
         self.collisions["rows"] = dups
-        for f in self.record_fields:
-            self._refs[f] = _Refs(t.column(f))
-        self._table = t
+        times = {s: _ns(self.storage.snapshot(s)["time"]) for s in set(sids)}
+        self._pieces, self._starts, self._order = pieces, starts, order
+        self._piece_ns = [times[s] for s in sids]
+        self._deps = [(k, p, p.nbytes) for k, p in got]
+        self._own_bytes = (sys.getsizeof(by_name) + 40 * total
+                           + (0 if shared and names is all_names else sys.getsizeof(names)))
         self._names, self._rows = names, rows
-        self._by_name = by_name
+        self._by_name = by_name  # (last: rows_loaded says the rest is there)
 
-    def _write_order(self, n: int) -> None:
-        """Which snapshot wrote each row, and the rows in write order (last wins)."""
-        sids = row_snapshots(self.storage.index_entries(self.sid), n, self.sid)
-        self._order = write_order(sids)
-        times = {int(s): _ns(self.storage.snapshot(int(s))["time"]) for s in np.unique(sids)}
-        self.row_ns = [times[s] for s in sids.tolist()]
+    def _loc(self, row: int) -> tuple[IndexPiece, int]:
+        """The piece holding ``row`` and the row's number in it."""
+        if len(self._starts) == 1:
+            return self._pieces[0], row
+        i = bisect_right(self._starts, row) - 1
+        return self._pieces[i], row - self._starts[i]
+
+    def row_time(self, row: int) -> int:
+        """Create time (ns) of the snapshot that wrote ``row``: the row's mtime."""
+        return self._piece_ns[0 if len(self._starts) == 1 else bisect_right(self._starts, row) - 1]
 
     def __len__(self) -> int:
         return len(self._names or ())
@@ -170,30 +173,25 @@ class SnapshotView:
         return [f for f in self.field_names if self.has_field(row, f)]
 
     def has_field(self, row: int, field: str) -> bool:
+        p, r = self._loc(row)
         if field in self.record_fields:
-            return self._refs[field].valid[row]
+            return p.refs[field].valid[r]
         if field not in self._field_set:
             return False
-        return self._column(field)[row].is_valid
-
-    def _column(self, field: str) -> pa.Array:
-        col = self._cols.get(field)
-        if col is None:
-            assert self._table is not None
-            col = self._table.column(field).combine_chunks()
-            self._cols[field] = col
-        return col
+        return p.cols[field][r].is_valid
 
     def is_record(self, field: str) -> bool:
         return field in self.record_fields
 
     def value_bytes(self, row: int, field: str) -> bytes:
         """Content of an index field's file (record fields are read with ``read_record``)."""
-        return format_value(self._column(field)[row].as_py(), self.schema.field(field).type)
+        p, r = self._loc(row)
+        return format_value(p.cols[field][r].as_py(), self.schema.field(field).type)
 
     def size(self, row: int, field: str) -> int:
         if field in self.record_fields:
-            return self._refs[field].size[row]
+            p, r = self._loc(row)
+            return p.refs[field].size[r]
         return len(self.value_bytes(row, field))
 
     def read_record(self, reader: RecordReader, row: int, field: str, start: int, length: int,
@@ -201,7 +199,8 @@ class SnapshotView:
         """Bytes ``[start, start+length)`` of a record, by range when the file allows it.
         With ``io=False`` only from the page cache through an already open file, and None
         if that would block."""
-        r = self._refs[field]
+        p, row = self._loc(row)
+        r = p.refs[field]
         rel = r.file_names[r.file_idx[row]]
         size, off = r.size[row], int(r.offset[row])
         if off >= 0:
@@ -231,18 +230,31 @@ class SnapshotView:
         if self._files is not None or self.layout is None:
             return
         self.load_rows()
-        assert self._table is not None and self._order is not None
-        idx = place(layout_paths(self._table, self.layout), self._order)
+        got = [self._source.files(rel, self.layout, p) for (rel, _), p in zip(self._entries, self._pieces, strict=True)]
+        fps = [f for _, f in got]
+        idx = combine_files(fps, self._starts, self._order)
         if idx.taken:
             log.warning("%s@%d: %d layout paths are taken by more than one row; files/ shows the row written last",
                         self.storage.name, self.sid, len(idx.taken))
         self.collisions["files"] = len(idx.taken)
-        self._files = idx
+        self._deps = self._deps + [(k, f, f.nbytes) for k, f in got]
+        if len(fps) != 1 or idx is not fps[0].index:
+            self._own_bytes += sys.getsizeof(idx.files) + 200 * len(idx.files)
+        self._files = idx  # (last: files_loaded says the rest is there)
 
     @property
     def files(self) -> FilesIndex:
         assert self._files is not None
         return self._files
+
+    # -- cache accounting ------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes this view holds of its own (its pieces are counted as theirs)."""
+        return 1024 + 64 * len(self.index_files) + self._own_bytes
+
+    def deps(self) -> list[tuple[Hashable, Any, int]]:
+        """The pieces this view holds, as ``(cache key, piece, bytes)``."""
+        return self._deps
 
     def schema_json(self) -> bytes:
         from spacefs.engine.schema import schema_to_json
@@ -255,6 +267,38 @@ class SnapshotView:
             "snapshot_id": self.sid,
         }
         return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def combine_files(fps: list[FilesPiece], starts: list[int], order: list[int]) -> FilesIndex:
+    """The ``files/`` tree of a snapshot from its files' pieces (``order``: pieces in
+    write order). Pieces whose paths do not meet (the usual case) are merged as they
+    are; otherwise all rows are placed again, the row written last winning."""
+    if len(fps) == 1 and starts == [0]:
+        return fps[0].index
+    files: dict[str, int] = {}
+    for i in order:
+        f = fps[i]
+        files.update(zip(f.file_paths, (f.file_rows + starts[i]).tolist(), strict=True))
+    meet = len(files) != sum(len(f.file_paths) for f in fps) or \
+        any(not files.keys().isdisjoint(f.index.dirs.keys()) for f in fps)
+    if meet:
+        paths = list(chain.from_iterable(f.paths for f in fps))
+        return place(paths, [starts[i] + r for i in order for r in range(len(fps[i].paths))])
+    idx = FilesIndex()
+    idx.files = files
+    seen: set[str] = set()
+    for i in order:
+        f, s = fps[i], starts[i]
+        idx.taken |= f.index.taken
+        for d, entries in f.index.dirs.items():
+            out = idx.dirs.setdefault(d, [])
+            for name, is_dir, r in entries:
+                if not is_dir:
+                    out.append((name, False, r + s))
+                elif (child := f"{d}/{name}" if d else name) not in seen:
+                    seen.add(child)
+                    out.append((name, True, -1))
+    return idx
 
 
 class RowNames(Sequence):

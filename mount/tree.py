@@ -11,7 +11,8 @@ blocks the loop and cache hits never pay for a thread hop.
 
 Concurrency: worker threads may build caches while the loop reads them. Caches are plain
 dicts whose entries are complete before they are published (a single store, atomic under
-the GIL); builds of the same snapshot are serialised by a per-key lock.
+the GIL), or the view cache (``memlru``, its own lock); builds of the same snapshot are
+serialised by a per-key lock, builds of the same index file's piece by the cache.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from spacefs.engine.records import RecordReader
 from spacefs.engine.retention import expired
 from spacefs.engine.storage import DEFAULT_BRANCH, Storage
 
+from .memlru import MemLRU, bound_from_env
+from .pieces import PieceSource
 from .snapshot import RowNames, SnapshotView
 
 # Node kinds.
@@ -44,11 +47,11 @@ ROWS, ROW, FIELD, FILES, FILE = "rows", "row", "field", "files", "file"
 DIR, REG, LINK = "dir", "file", "link"
 _DIRS = {ROOT, DS, VERSIONS, TAGS, BRANCHES, VER, INDEX, ROWS, ROW, FILES}
 _LINKS = {CURRENT, TAG, BRANCH}
-# Every cache here has a bound: whole views of snapshots (their index columns), the most
-# used; per dataset, the mtime and directory attributes of this many snapshots (tiny;
-# the Storage's own snapshot documents are bounded there). The kernel-held inodes are
-# bounded in fuse_ops (INODES_KEPT).
-VIEW_CACHE = 16
+# Every cache here has a bound: views of snapshots and the per-index-file pieces they
+# share, in one cache bounded by bytes (``SPACEFS_VIEW_CACHE_MIB``, default 256; see
+# ``memlru``); per dataset, the mtime and directory attributes of this many snapshots
+# (tiny; the Storage's own snapshot documents are bounded there). The kernel-held inodes
+# are bounded in fuse_ops (INODES_KEPT).
 SNAPSHOTS_KEPT = 4096
 LOCK_STRIPES = 64
 
@@ -191,7 +194,7 @@ class _Seq(Sequence):
 class Tree:
     """The mount tree of a catalog directory, or of a single dataset directory."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, cache_bytes: int | None = None):
         self.source = os.path.abspath(source)
         if fmt.is_dataset(self.source):
             self.catalog = False
@@ -205,7 +208,8 @@ class Tree:
             raise _enoent(f"{self.source}: not a catalog directory or a dataset")
         self.start_ns = time.time_ns()
         self._states: dict[str, _DsState] = {}
-        self._views: dict[tuple[str, int, int, int], SnapshotView] = {}
+        # Views ("v", ds, inc, sid) and the pieces they combine ("i"/"f", ds, inc, ...).
+        self.cache = MemLRU(bound_from_env() if cache_bytes is None else cache_bytes)
         self._incs: dict[str, int] = {}  # incarnation of each dataset name (bumped when it goes)
         # Striped build locks: a fixed set however many snapshots are served (no method
         # holds one key lock while taking another, so two keys sharing a stripe only wait).
@@ -281,25 +285,22 @@ class Tree:
     def view(self, ds: str, sid: int, io: bool, *, rows: bool = False, files: bool = False) -> SnapshotView:
         """The view of snapshot ``sid`` (its layout is its own: it never changes)."""
         st = self.state(ds, io)
-        key = (ds, sid, st.inc)
-        v = self._views.get(key)
+        key = ("v", ds, st.inc, sid)
+        v = self.cache.get(key)
         if v is not None and (not rows or v.rows_loaded) and (not files or v.files_loaded):
             return v
         if not io:
             raise NeedsIO
         with self._key_lock(key):
-            v = self._views.get(key)
+            v = self.cache.get(key)
             if v is None:
-                v = SnapshotView(st.storage, sid, st.layout(sid))
+                v = SnapshotView(st.storage, sid, st.layout(sid), PieceSource(self.cache, st.storage, (ds, st.inc)))
                 self._snap_ns(st, sid, True)  # its files' mtime: one less trip to a thread later
             if rows or files:
                 v.load_rows()
             if files:
                 v.load_files()
-            with self._lock:
-                self._views[key] = v
-                while len(self._views) > VIEW_CACHE:
-                    self._views.pop(next(iter(self._views)))
+            self.cache.put(key, v, v.nbytes(), v.deps())
         return v
 
     def _inc(self, ds: str) -> int:
@@ -442,10 +443,10 @@ class Tree:
         if k in _LINKS:
             return Attr(LINK, len(self.readlink(node, io)), st.head_ns, False)
         if k == ROW:  # a row's mtime: when the snapshot that wrote it was made
-            return Attr(DIR, 0, self.view(node.ds, node.sid, io, rows=True).row_ns[node.row], True)
+            return Attr(DIR, 0, self.view(node.ds, node.sid, io, rows=True).row_time(node.row), True)
         if k in (FIELD, FILE):
             v = self.view(node.ds, node.sid, io, rows=True)
-            return Attr(REG, self.size(node, io), v.row_ns[node.row], True)
+            return Attr(REG, self.size(node, io), v.row_time(node.row), True)
         if k in (VER, INDEX, ROWS, FILES):
             a = st.dir_attrs.get(node.sid)
             if a is None:  # one shared object: listings reuse what they built for the last entry
@@ -554,8 +555,7 @@ class Tree:
         with self._lock:
             self._incs[name] = self._incs.get(name, 0) + 1
             st = self._states.pop(name, None)
-            for key in [k for k in self._views if k[0] == name]:
-                del self._views[key]
+            self.cache.drop(lambda k: k[1] == name)
         if st is not None:
             st.close()  # its open record files go back to the pool
 
@@ -595,9 +595,7 @@ class Tree:
             for sid in range(head.last_snapshot_id + 1):
                 v = Node(VER, name, sid, inc=st.inc)
                 out += [Invalidation(v, "files"), Invalidation(v, "schema.json")]
-            with self._lock:
-                for key in [k for k in self._views if k[0] == name]:
-                    del self._views[key]
+            self.cache.drop(lambda k: k[0] == "v" and k[1] == name)
         st.head, st.seq = head, seq
         return out
 
