@@ -127,7 +127,8 @@ def _read_index(st: Storage, paths: list[str]) -> pa.Table:
         parts.append(pds.dataset(large, schema=st.index_schema, format="parquet").to_table())
     if not parts:
         return st.index_schema.empty_table()
-    return pa.concat_tables(parts)
+    # One chunk: resolving and writing 1,000 one-row chunks cost 3x the same rows in one.
+    return pa.concat_tables(parts).combine_chunks()
 
 
 def _by_bytes(st: Storage, t: pa.Table) -> Iterator[pa.Table]:
