@@ -422,33 +422,22 @@ class RecordReader:
         # A run breaks where the next record is not the next byte of the same file.
         brk = np.flatnonzero((lstart[1:] != lstart[:-1] + size[:-1]) | (fidx[1:] != fidx[:-1])) + 1
         starts = np.concatenate([[0], brk]).astype(np.int64)
-        ends = np.concatenate([brk, [len(refs)]]).astype(np.int64)
-        lo, hi = offsets[starts], offsets[ends]
+        lo = offsets[starts]
+        hi = offsets[np.append(starts[1:], len(refs))]
         phys = lstart[starts] + BLOCK_HEADER * (lstart[starts] // USABLE + 1)
-        # Short runs within one block are plain copies out of the map (the common case
-        # of scattered records); the rest go through the header-aware paths.
-        mapped = (hi - lo <= MAP_RUN_MAX) & (hi > lo)
-        plain = mapped & (phys % BLOCK + (hi - lo) <= BLOCK)
+        # A run inside one block (most records read by key: a diff's rows at the fork
+        # point, scattered over a large file) is one plain ``preadv`` with no header to
+        # steer: the per-run work is the system call, not Python.
+        plain = (hi > lo) & (phys % BLOCK + (hi - lo) <= BLOCK)
         with self.pool.leased(self.root, names) as hs:
-            run_file = fidx[starts]
-            has_map = np.zeros(len(names), dtype=bool)
-            for f in np.unique(run_file[mapped]).tolist():
-                m = self.pool.mapping(hs[f])
-                if m is None:
-                    continue
-                has_map[f] = True
-                sel = plain & (run_file == f)
-                try:
-                    for a, b, p in zip(lo[sel].tolist(), hi[sel].tolist(), phys[sel].tolist(), strict=True):
-                        view[a:b] = m[p : p + b - a]
-                except ValueError as e:  # the slice came back short: the file is shorter
-                    raise OSError(f"short read in {names[f]} (truncated record file?)") from e
-                sel = mapped & ~plain & (run_file == f)
-                for a, b, ls in zip(lo[sel].tolist(), hi[sel].tolist(), lstart[starts[sel]].tolist(), strict=True):
-                    _copy_logical(m, ls, view[a:b])
-            done = mapped & has_map[run_file]
-            for i in np.flatnonzero(~done & (hi > lo)).tolist():
-                _read_logical_into(hs[int(fidx[starts[i]])].fd, int(lstart[starts[i]]), view[int(lo[i]):int(hi[i])])
+            fds = [h.fd for h in hs]
+            preadv = os.preadv
+            for f, a, b, p in zip(fidx[starts[plain]].tolist(), lo[plain].tolist(), hi[plain].tolist(),
+                                  phys[plain].tolist(), strict=True):
+                if preadv(fds[f], [view[a:b]], p) != b - a:
+                    raise OSError(f"short read: {b - a} bytes at {p} of {names[f]} (truncated record file?)")
+            for i in np.flatnonzero(~plain & (hi > lo)).tolist():
+                _read_logical_into(fds[int(fidx[starts[i]])], int(lstart[starts[i]]), view[int(lo[i]):int(hi[i])])
         large = total >= (1 << 31)
         typ = pa.large_binary() if large else pa.binary()
         odt = np.int64 if large else np.int32
@@ -550,29 +539,6 @@ def _skip(iov: list, n: int) -> list:
         out.append(memoryview(b)[n:])
         n = 0
     return out
-
-
-# Runs of records up to this many bytes are copied out of the pool's read-only map of
-# the file instead of read with ``preadv``: a scan of scattered records (a diff's rows
-# at the fork point, spread over a large file) is one short run per record, and on
-# page cache a copy from a map costs a fraction of a system call (measured ~3x less).
-# Longer runs keep ``preadv``: one call moves megabytes without faulting pages in.
-MAP_RUN_MAX = 256 << 10
-
-
-def _copy_logical(m: mmap.mmap, logical: int, out: memoryview) -> None:
-    """Fill ``out`` with the logical bytes starting at ``logical`` from a map of the
-    file, skipping block headers."""
-    pos = _phys(logical)
-    done, n = 0, len(out)
-    while done < n:
-        take = min(n - done, BLOCK - pos % BLOCK)
-        piece = m[pos : pos + take]
-        if len(piece) != take:
-            raise OSError(f"short read: {len(piece)} of {take} bytes at {pos} (truncated record file?)")
-        out[done : done + take] = piece
-        done += take
-        pos += take + BLOCK_HEADER
 
 
 def _read_logical_into(fd: int, logical: int, out: memoryview) -> None:
