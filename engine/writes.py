@@ -259,7 +259,7 @@ class RowRemover:
         return pq.read_table(path, read_dictionary=self.writer._dictionary_columns(), use_threads=False)
 
     def remove(self, base: int, prune: pc.Expression | None, mask_fn, plan: Plan,
-               mask_columns: list[str] | None = None) -> int:
+               mask_columns: list[str] | None = None, whole_rows: bool = True) -> int:
         """Remove rows where ``mask_fn`` is true; it sees only ``mask_columns`` first, and
         a file is read whole only when it holds a row to remove (all columns when None).
 
@@ -267,7 +267,9 @@ class RowRemover:
         form: keys, other index columns, record references), and ``removed_rows`` too: a
         diff between siblings or back to an ancestor needs the rows a change replaced,
         and finding them again in the base files means decoding every row group of
-        them (1% of the keys touch them all), while here they are at hand."""
+        them (1% of the keys touch them all), while here they are at hand. With
+        ``whole_rows=False`` (a view rebuild removing every row: a second copy of the
+        whole index for a rare diff) the changes file holds the keys only."""
         st = self.storage
 
         def probe(entry: dict[str, Any]) -> tuple[dict[str, Any], pa.Table, pa.Table] | None:
@@ -304,7 +306,8 @@ class RowRemover:
         self.writer.written[:] = [w for w in self.writer.written if w not in new_paths]
         self.removed_rows = pa.concat_tables([gone for _, gone, _ in hits])
         rel = fmt.new_changes_file()
-        pq.write_table(self.removed_rows, st.full_path(rel), compression=self.writer.options.parquet_compression,
+        changes = self.removed_rows if whole_rows else self.removed_rows.select(st.primary_keys)
+        pq.write_table(changes, st.full_path(rel), compression=self.writer.options.parquet_compression,
                        use_dictionary=self.writer._dictionary_columns(),
                        write_statistics=_stats_columns(st.index_schema, tuple(st.record_fields)))
         plan.deleted = rel
