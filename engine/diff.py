@@ -59,7 +59,9 @@ def diff(storage: Storage, start: Version, end: Version, branch: str = "main",
         for sid in chain:
             snap = storage.snapshot(sid)
             if snap.get("deleted"):
-                yield ChangeData(sid, ChangeType.DELETE, pq.read_table(storage.full_path(snap["deleted"])))
+                # Key columns only: a changes file may hold the removed rows whole.
+                yield ChangeData(sid, ChangeType.DELETE,
+                                 pq.read_table(storage.full_path(snap["deleted"]), columns=storage.primary_keys))
             if not snap.get("delta"):
                 continue
             d = storage.manifests.read(snap["delta"])

@@ -91,7 +91,7 @@ def match_keys(keys: list[str], left: pa.Table, right: pa.Table) -> tuple[np.nda
     """Row index pairs (i in ``left``, j in ``right``) with equal primary keys."""
     lt = left.select(keys).append_column(ROW + "l", pa.array(np.arange(left.num_rows, dtype=np.int64)))
     rt = right.select(keys).append_column(ROW + "r", pa.array(np.arange(right.num_rows, dtype=np.int64)))
-    j = lt.join(rt, keys=keys, join_type="inner")
+    j = lt.join(rt, keys=keys, join_type="inner", use_threads=False)
     return (j.column(ROW + "l").to_numpy().astype(np.int64, copy=False),
             j.column(ROW + "r").to_numpy().astype(np.int64, copy=False))
 

@@ -421,13 +421,23 @@ class RecordReader:
         view = memoryview(buf).cast("B") if total else memoryview(b"")
         # A run breaks where the next record is not the next byte of the same file.
         brk = np.flatnonzero((lstart[1:] != lstart[:-1] + size[:-1]) | (fidx[1:] != fidx[:-1])) + 1
-        starts = np.concatenate([[0], brk]).tolist()
-        ends = np.concatenate([brk, [len(refs)]]).tolist()
+        starts = np.concatenate([[0], brk]).astype(np.int64)
+        lo = offsets[starts]
+        hi = offsets[np.append(starts[1:], len(refs))]
+        phys = lstart[starts] + BLOCK_HEADER * (lstart[starts] // USABLE + 1)
+        # A run inside one block (most records read by key: a diff's rows at the fork
+        # point, scattered over a large file) is one plain ``preadv`` with no header to
+        # steer: the per-run work is the system call, not Python.
+        plain = (hi > lo) & (phys % BLOCK + (hi - lo) <= BLOCK)
         with self.pool.leased(self.root, names) as hs:
-            for s, e in zip(starts, ends, strict=True):
-                a, b = int(offsets[s]), int(offsets[e])
-                if b > a:
-                    _read_logical_into(hs[int(fidx[s])].fd, int(lstart[s]), view[a:b])
+            fds = [h.fd for h in hs]
+            preadv = os.preadv
+            for f, a, b, p in zip(fidx[starts[plain]].tolist(), lo[plain].tolist(), hi[plain].tolist(),
+                                  phys[plain].tolist(), strict=True):
+                if preadv(fds[f], [view[a:b]], p) != b - a:
+                    raise OSError(f"short read: {b - a} bytes at {p} of {names[f]} (truncated record file?)")
+            for i in np.flatnonzero(~plain & (hi > lo)).tolist():
+                _read_logical_into(fds[int(fidx[starts[i]])], int(lstart[starts[i]]), view[int(lo[i]):int(hi[i])])
         large = total >= (1 << 31)
         typ = pa.large_binary() if large else pa.binary()
         odt = np.int64 if large else np.int32

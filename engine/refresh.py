@@ -161,7 +161,7 @@ def _removals(st: Any, file_options: FileOptions | None, base: int, deletes: lis
     try:
         remover = RowRemover(st, writer)
         if rebuild:
-            remover.remove(base, None, lambda t: np.ones(t.num_rows, dtype=bool), p)
+            remover.remove(base, None, lambda t: np.ones(t.num_rows, dtype=bool), p, whole_rows=False)
         elif deletes:
             prune = functools.reduce(lambda a, e: a | e, [key_filter(d) for d in deletes])
             cols = sorted({c for d in deletes for c in d.column_names} | set(st.primary_keys))

@@ -123,15 +123,7 @@ class FileWriter:
         return index_entry(rel, index, nbytes, -1, self.storage.stats_fields, self.storage.record_fields)
 
     def _dictionary_columns(self) -> list[str]:
-        # Dictionaries pay off for strings and the record file names, not for numbers:
-        # dictionary-encoding unique ints doubled the index write time (measured).
-        st = self.storage
-        cols = [f"{n}.file" for n in st.record_fields]
-        for f in st.schema:
-            if f.name not in st.record_fields and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-                                                   or pa.types.is_binary(f.type)):
-                cols.append(f.name)
-        return cols
+        return dictionary_columns(self.storage)
 
     def _sync(self, rel: str) -> None:
         if self.options.sync:
@@ -149,6 +141,20 @@ class FileWriter:
             except FileNotFoundError:
                 pass
         self.written.clear()
+
+
+def dictionary_columns(st: Storage) -> list[str]:
+    """Index columns written dictionary-encoded (readers decode them as dictionaries:
+    much cheaper than building every string).
+
+    Dictionaries pay off for strings and the record file names, not for numbers:
+    dictionary-encoding unique ints doubled the index write time (measured)."""
+    cols = [f"{n}.file" for n in st.record_fields]
+    for f in st.schema:
+        if f.name not in st.record_fields and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                                               or pa.types.is_binary(f.type)):
+            cols.append(f.name)
+    return cols
 
 
 @functools.lru_cache(maxsize=64)
@@ -243,7 +249,7 @@ class RowRemover:
     def __init__(self, storage: Storage, writer: FileWriter):
         self.storage = storage
         self.writer = writer
-        # The removed rows (key and ``keep_columns``) after ``remove``: a partial upsert
+        # The removed rows (index form, every column) after ``remove``: a partial upsert
         # takes the stored references of the fields it omits from them.
         self.removed_rows: pa.Table | None = None
 
@@ -253,14 +259,18 @@ class RowRemover:
         return pq.read_table(path, read_dictionary=self.writer._dictionary_columns(), use_threads=False)
 
     def remove(self, base: int, prune: pc.Expression | None, mask_fn, plan: Plan,
-               mask_columns: list[str] | None = None, keep_columns: Sequence[str] = ()) -> int:
+               mask_columns: list[str] | None = None, whole_rows: bool = True) -> int:
         """Remove rows where ``mask_fn`` is true; it sees only ``mask_columns`` first, and
         a file is read whole only when it holds a row to remove (all columns when None).
-        ``removed_rows`` then holds the key and ``keep_columns`` of the removed rows."""
+
+        The snapshot's changes file (``plan.deleted``) gets the removed rows whole (index
+        form: keys, other index columns, record references), and ``removed_rows`` too: a
+        diff between siblings or back to an ancestor needs the rows a change replaced,
+        and finding them again in the base files means decoding every row group of
+        them (1% of the keys touch them all), while here they are at hand. With
+        ``whole_rows=False`` (a view rebuild removing every row: a second copy of the
+        whole index for a rare diff) the changes file holds the keys only."""
         st = self.storage
-        pk = st.primary_keys
-        gone_columns = list(dict.fromkeys([*pk, *keep_columns]))
-        gone_schema = pa.schema([st.index_schema.field(n) for n in gone_columns])
 
         def probe(entry: dict[str, Any]) -> tuple[dict[str, Any], pa.Table, pa.Table] | None:
             path = st.full_path(entry["path"])
@@ -271,15 +281,9 @@ class RowRemover:
             n = int(mask.sum())
             if n == 0:
                 return None
-            whole = None
-            if n < t.num_rows:
-                whole = t if mask_columns is None else self._read_whole(path)
-            if all(c in t.column_names for c in gone_columns):
-                src = t
-            else:
-                src = whole if whole is not None else pq.read_table(path, columns=gone_columns)
-            gone = src.select(gone_columns).filter(pa.array(mask)).cast(gone_schema)
-            if whole is None:
+            whole = t if mask_columns is None else self._read_whole(path)
+            gone = whole.filter(pa.array(mask)).cast(st.index_schema)
+            if n == t.num_rows:
                 return entry, gone, st.index_schema.empty_table()
             return entry, gone, whole.filter(pa.array(~mask)).cast(st.index_schema)
 
@@ -301,12 +305,14 @@ class RowRemover:
         plan.temp_files += sorted(new_paths)
         self.writer.written[:] = [w for w in self.writer.written if w not in new_paths]
         self.removed_rows = pa.concat_tables([gone for _, gone, _ in hits])
-        keys = self.removed_rows.select(pk)
         rel = fmt.new_changes_file()
-        pq.write_table(keys, st.full_path(rel))
+        changes = self.removed_rows if whole_rows else self.removed_rows.select(st.primary_keys)
+        pq.write_table(changes, st.full_path(rel), compression=self.writer.options.parquet_compression,
+                       use_dictionary=self.writer._dictionary_columns(),
+                       write_statistics=_stats_columns(st.index_schema, tuple(st.record_fields)))
         plan.deleted = rel
         plan.temp_files.append(rel)
-        return keys.num_rows
+        return self.removed_rows.num_rows
 
 
 def plan_insert(storage: Storage, keys: pa.Table, new_entries: list[dict[str, Any]], base: int) -> Plan:
@@ -339,11 +345,10 @@ def plan_partial_upsert(storage: Storage, writer: FileWriter, keys: pa.Table, in
     plan = Plan(added=[])
     remover = RowRemover(st, writer)
     try:
-        remover.remove(base, key_filter(keys), lambda t: key_mask(t, keys), plan, mask_columns=pk,
-                       keep_columns=missing)
+        remover.remove(base, key_filter(keys), lambda t: key_mask(t, keys), plan, mask_columns=pk)
         stored = remover.removed_rows
         if stored is None:
-            stored = pa.schema([st.index_schema.field(n) for n in pk + missing]).empty_table()
+            stored = st.index_schema.empty_table()
         rows = index.select(pk).append_column("__row", pa.array(np.arange(index.num_rows, dtype=np.int64)))
         found = stored.select(pk).append_column("__at", pa.array(np.arange(stored.num_rows, dtype=np.int64)))
         joined = rows.join(found, keys=pk, join_type="left outer").sort_by("__row")
