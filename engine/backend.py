@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -295,3 +296,26 @@ def backend_for(location: str, storage_options: dict[str, Any] | None = None) ->
 
         return S3Backend(location, storage_options)
     raise UserInputError(f"unsupported storage location {location!r}: use a directory or s3://bucket/prefix")
+
+
+_REMOTE: dict[str, Backend] = {}
+_REMOTE_LOCK = threading.Lock()
+
+
+def open_backend(location: str, storage_options: dict[str, Any] | None = None) -> Backend:
+    """``backend_for``, remembering remote backends by location for this process.
+
+    A dataset opened with ``storage_options`` is later read by code that only knows its
+    location (index reads, record readers, view sources): they get the same backend, hence
+    the same options, which are kept in memory only, never on disk. Options given again
+    replace the remembered ones; a location never opened with options uses the standard
+    AWS variables. Bounded by the number of distinct bucket locations a process opens.
+    """
+    if not is_remote(str(location)):
+        return backend_for(location)
+    uri = str(location).rstrip("/")
+    with _REMOTE_LOCK:
+        b = _REMOTE.get(uri)
+        if b is None or (storage_options is not None and b.storage_options != dict(storage_options)):
+            b = _REMOTE[uri] = backend_for(uri, storage_options)
+        return b

@@ -38,33 +38,40 @@ class Dataset:
     # -- lifecycle -------------------------------------------------------------
     @classmethod
     def create(cls, location: str, schema: pa.Schema, primary_keys: Sequence[str],
-               record_fields: Sequence[str] | None = None, file_layout: dict[str, str] | None = None) -> Dataset:
+               record_fields: Sequence[str] | None = None, file_layout: dict[str, str] | None = None,
+               storage_options: dict[str, Any] | None = None) -> Dataset:
         """Create an empty dataset (snapshot 0) in the new directory ``location``.
 
         Args:
-            location: directory to create; it must not exist yet (or be empty).
+            location: directory to create; it must not exist yet (or be empty). Or
+                ``s3://bucket/prefix`` on any S3-compatible store (OBJECTSTORE.md).
             schema: the Arrow schema of every row.
             primary_keys: field(s) whose values identify a row (insert, upsert, delete, diff).
             record_fields: binary fields stored in ArrayRecord files rather than Parquet.
             file_layout: how rows appear as files in the mount, e.g.
                 ``{"path": "{label}/{name}", "content": "image"}`` (see ``set_file_layout``).
+            storage_options: settings of a bucket's client (``endpoint``, ``region``,
+                ``aws_access_key_id``, ...) overriding the standard AWS variables; kept in
+                this process's memory only, never stored.
 
         Raises:
             AlreadyExistsError: a dataset already exists at ``location``.
             UserInputError: a key or record field is not in the schema, or has a wrong type.
         """
         return cls(Storage.create(str(location), schema, list(primary_keys) if not isinstance(primary_keys, str) else [primary_keys],
-                                  list(record_fields or []), file_layout))
+                                  list(record_fields or []), file_layout, storage_options=storage_options))
 
     @classmethod
-    def load(cls, location: str) -> Dataset:
-        """Open the existing dataset (or materialized view) at ``location``.
+    def load(cls, location: str, storage_options: dict[str, Any] | None = None) -> Dataset:
+        """Open the existing dataset (or materialized view) at ``location`` (a directory
+        or ``s3://bucket/prefix``; ``storage_options`` as in ``create``).
 
         Raises:
             NotFoundError: there is no dataset at ``location``.
         """
-        storage = Storage(str(location))
+        storage = Storage(str(location), storage_options)
         if storage.kind == "mv":
+            storage.require_local("opening a materialized view")
             from .mv import MaterializedView
 
             return MaterializedView.load(str(location))  # type: ignore[return-value]
@@ -283,8 +290,10 @@ class Dataset:
         """
         from .sql import query_datasets
 
+        self._storage.require_local("sql")
         return query_datasets(query, {self.name: (self, version)})
 
+        self._storage.require_local("ray_dataset")
     def ray_dataset(self, version: Version = None, fields: Sequence[str] | None = None,
                     ray_options: RayOptions | None = None):
         """A lazy ``ray.data.Dataset`` of a version: one read task per index file row range."""
@@ -297,6 +306,7 @@ class Dataset:
         return self._storage.snapshot(self.snapshot_id(version))["stats"]["rows"]
 
     # -- training integrations (engine/hf.py) ----------------------------------
+        self._storage.require_local("to_huggingface")
     def to_huggingface(self, version: Version = None, fields: Sequence[str] | None = None,
                        cache_dir: str | None = None):
         """A version as a ``datasets.Dataset``, record bytes materialized, features kept."""
@@ -320,6 +330,7 @@ class Dataset:
         """
         from .vacuum import vacuum
 
+        self._storage.require_local("vacuum")
         return vacuum(self._storage, older_than=older_than, apply=apply)
 
     # -- version control (engine/merge.py, restore.py, compact.py, expire.py) ----
@@ -332,18 +343,21 @@ class Dataset:
         """
         from .merge import merge
 
+        self._storage.require_local("merge")
         return merge(self._storage, source, into or self._branch, on_conflict)
 
     def restore(self, version: Version, branch: str | None = None) -> JobResult:
         """A new snapshot on ``branch`` whose rows equal ``version``'s (history kept)."""
         from .restore import restore
 
+        self._storage.require_local("restore")
         return restore(self._storage, version, branch or self._branch)
 
     def compact(self, file_options: FileOptions | None = None) -> JobResult:
         """Rewrite the current branch's rows into fewer, larger files (no row changes)."""
         from .compact import compact
 
+        self._storage.require_local("compact")
         return compact(self._storage, self._branch, file_options)
 
     def expire_snapshots(self, older_than: timedelta | str, apply: bool = False) -> ExpireReport:
@@ -351,6 +365,7 @@ class Dataset:
         files only they used. A dry run unless ``apply=True``."""
         from .expire import expire_snapshots
 
+        self._storage.require_local("expire_snapshots")
         return expire_snapshots(self._storage, older_than, apply=apply)
 
     # -- views (engine/views.py) -----------------------------------------------
@@ -368,18 +383,21 @@ class Dataset:
         """
         from .views import MapView
 
+        self._storage.require_local("views")
         return MapView(self, fn, output_schema, input_fields, output_record_fields, batch_size)
 
     def filter(self, fn, input_fields: Sequence[str] | None = None):
         """A view of the rows for which ``fn(row_dict)`` is true."""
         from .views import FilterView
 
+        self._storage.require_local("views")
         return FilterView(self, fn, input_fields)
 
     def filter_batches(self, fn, input_fields: Sequence[str] | None = None):
         """A view of the rows ``fn`` keeps; ``fn`` takes a dict of lists and returns one bool per row."""
         from .views import FilterView
 
+        self._storage.require_local("views")
         return FilterView(self, fn, input_fields, batched=True)
 
     def join(self, right, keys: Sequence[str], left_fields: Sequence[str] | None = None,
@@ -390,6 +408,7 @@ class Dataset:
         """
         from .views import JoinView
 
+        self._storage.require_local("views")
         return JoinView(self, right, keys, left_fields, right_fields)
 
     def __repr__(self) -> str:

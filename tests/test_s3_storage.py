@@ -1,0 +1,113 @@
+"""Datasets created, written and read in a bucket (moto on 127.0.0.1) by the engine itself."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pytest
+
+from spacefs import Dataset
+from spacefs.engine.backend import backend_for
+from spacefs.engine.errors import AlreadyExistsError, NotFoundError, UserInputError
+from spacefs.engine.objcopy import copy_dataset
+
+from conftest import SCHEMA, rows
+
+
+def history(ds: Dataset) -> None:
+    """The same writes on any dataset: appends (one crossing block boundaries), an upsert,
+    a delete, a tag and a branch with its own commit."""
+    r = ds.local()
+    r.append(rows(range(0, 50)))
+    r.append({**rows(range(50, 60)), "feature": [bytes([i]) * 150_000 for i in range(10)]})
+    r.upsert(rows(range(10, 20), tag="v2"))
+    r.delete("id >= 55")
+    ds.add_tag("v1")
+    ds.add_branch("dev")
+    ds.set_current_branch("dev")
+    ds.local().insert(rows([500]))
+    ds.set_current_branch("main")
+
+
+def by_id(t: pa.Table) -> pa.Table:
+    return t.sort_by("id")
+
+
+def test_create_write_read_in_a_bucket_matches_a_directory(s3_bucket, tmp_path):
+    uri = s3_bucket + "/team/ds"
+    remote = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    local = Dataset.create(str(tmp_path / "ds"), SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    history(remote)
+    history(local)
+    assert remote.location == uri and remote.name == "ds"
+
+    again = Dataset.load(uri)  # a fresh handle reads everything from the bucket
+    for version in (None, "v1", "dev", 1, 2):
+        assert by_id(again.local().read_all(version=version)).equals(by_id(local.local().read_all(version=version)))
+    assert again.versions().select(["snapshot_id", "tag_or_branch"]).equals(
+        local.versions().select(["snapshot_id", "tag_or_branch"]))
+    assert again.num_rows("dev") == local.num_rows("dev") == 56
+    got = again.local().read_all(filter_="id >= 9 and id < 12", fields=["id", "feature"])
+    assert by_id(got).to_pydict() == {"id": [9, 10, 11], "feature": [b"data9", b"data10v2", b"data11v2"]}
+    batches = list(again.local().read(batch_size=7, fields=["id", "feature"]))
+    assert [b.num_rows for b in batches[:-1]] == [7] * (len(batches) - 1)
+    assert sum(b.num_rows for b in batches) == 55
+
+    # No file of the bucket is unreferenced or missing: same object names as on disk.
+    objects = backend_for(uri).list_paths("")
+    assert not any(p.startswith("metadata/.conditional") for p in objects)
+    referenced = {r["path"] for sid in range(6) for r in again.storage.live_files(sid).to_pylist()}
+    assert referenced <= set(objects)
+    assert len([p for p in objects if p.startswith("metadata/log/0")]) == 8  # create + 5 writes + tag + branch
+
+
+def test_bucket_dataset_copies_to_disk_and_back(s3_bucket, tmp_path):
+    uri = s3_bucket + "/a"
+    remote = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    history(remote)
+    copy_dataset(uri, str(tmp_path / "down"))
+    down = Dataset.load(str(tmp_path / "down"))
+    want = by_id(remote.local().read_all())
+    assert by_id(down.local().read_all()).equals(want)
+    down.local().append(rows([900]))
+    copy_dataset(str(tmp_path / "down"), s3_bucket + "/b")
+    up = Dataset.load(s3_bucket + "/b")
+    assert up.num_rows() == want.num_rows + 1
+    assert by_id(up.local().read_all(version="dev")).equals(by_id(remote.local().read_all(version="dev")))
+
+
+def test_storage_options_instead_of_the_environment(s3_bucket, moto_server, monkeypatch):
+    for key in moto_server.env:
+        monkeypatch.delenv(key)
+    options = {"endpoint": moto_server.endpoint, "aws_access_key_id": "testing",
+               "aws_secret_access_key": "testing", "region": "us-east-1"}
+    uri = s3_bucket + "/opts"
+    ds = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"], storage_options=options)
+    ds.local().append(rows(range(5)))
+    assert Dataset.load(uri, storage_options=options).local().read_all().num_rows == 5
+    # The options are kept in memory only: nothing of them reaches the bucket.
+    b = backend_for(uri, options)
+    for path in b.list_paths("metadata/"):
+        if not path.endswith(".parquet"):
+            assert b"testing" not in b.read(path), path
+
+
+def test_bucket_errors_are_clear(s3_bucket):
+    uri = s3_bucket + "/ds"
+    ds = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    with pytest.raises(AlreadyExistsError, match="already exists"):
+        Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    with pytest.raises(NotFoundError, match="no spacefs dataset"):
+        Dataset.load(s3_bucket + "/nothing")
+    for op, call in [("compact", ds.compact), ("merge", lambda: ds.merge("main")),
+                     ("expire_snapshots", lambda: ds.expire_snapshots("0s"))]:
+        with pytest.raises(UserInputError, match=f"{op} is not supported yet for datasets on object storage"):
+            call()
+    # A create interrupted after dataset.json: creating again says so, nothing else changes.
+    b = backend_for(s3_bucket + "/half")
+    b.put("metadata/dataset.json", b"{}")
+    with pytest.raises(AlreadyExistsError, match="no log"):
+        Dataset.create(s3_bucket + "/half", SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    assert b.list_paths("") == ["metadata/dataset.json"]
+    assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
