@@ -6,10 +6,12 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
 from . import format as fmt
+from .backend import is_remote, open_backend
 from .dataset import Dataset
 from .errors import NotFoundError, UserInputError
 
@@ -29,14 +31,24 @@ def validate_name(name: str) -> None:
 
 
 class DirCatalog:
-    """A directory whose subdirectories are datasets (or materialized views)."""
+    """A directory whose subdirectories are datasets (or materialized views), or a
+    prefix of a bucket (``s3://bucket/prefix``) whose "subdirectories" are."""
 
-    def __init__(self, location: str):
-        self.location = os.path.abspath(str(location))
-        os.makedirs(self.location, exist_ok=True)
+    def __init__(self, location: str, storage_options: dict[str, Any] | None = None):
+        self.remote = is_remote(str(location))
+        # Options reach every dataset of the catalog through ``open_backend`` (in memory).
+        self.storage_options = storage_options
+        if self.remote:
+            self.backend = open_backend(str(location), storage_options)
+            self.location = self.backend.uri
+        else:
+            self.location = os.path.abspath(str(location))
+            os.makedirs(self.location, exist_ok=True)
 
     def _path(self, name: str) -> str:
         validate_name(name)
+        if self.remote:
+            return f"{self.location}/{name}"
         path = os.path.join(self.location, name)
         if os.path.dirname(os.path.realpath(path)) != os.path.realpath(self.location):
             raise UserInputError(f"dataset name {name!r} resolves outside the catalog")
@@ -50,7 +62,8 @@ class DirCatalog:
             UserInputError: ``name`` is not a valid dataset name.
             AlreadyExistsError: the catalog already has a dataset of that name.
         """
-        return Dataset.create(self._path(name), schema, primary_keys, record_fields, file_layout)
+        return Dataset.create(self._path(name), schema, primary_keys, record_fields, file_layout,
+                              storage_options=self.storage_options)
 
     def dataset(self, name: str) -> Dataset:
         """Open dataset (or materialized view) ``name``.
@@ -59,19 +72,34 @@ class DirCatalog:
             NotFoundError: the catalog has no dataset of that name.
         """
         path = self._path(name)
-        if not fmt.is_dataset(path):
+        if not self._is_dataset(name):
             raise NotFoundError(f"catalog {self.location} has no dataset named {name!r}")
-        return Dataset.load(path)
+        return Dataset.load(path, self.storage_options)
+
+    def _is_dataset(self, name: str) -> bool:
+        if self.remote:  # on a bucket a dataset exists once its log entry 0 does
+            return self.backend.exists(f"{name}/{fmt.log_entry(0)}")
+        return fmt.is_dataset(self._path(name))
 
     def datasets(self) -> list[DatasetInfo]:
         """The datasets of the catalog, sorted by name (``DatasetInfo(name, location)``)."""
+        if self.remote:
+            names = [n for n in self.backend.list("") if _NAME.match(n) and self._is_dataset(n)]
+            return [DatasetInfo(n, self._path(n)) for n in names]
         return [DatasetInfo(name, os.path.join(self.location, name)) for name in fmt.datasets_in(self.location)]
 
     def delete_dataset(self, name: str) -> None:
         """Remove a dataset: renamed away first (atomic), then deleted."""
         path = self._path(name)
-        if not fmt.is_dataset(path):
+        if not self._is_dataset(name):
             raise NotFoundError(f"catalog {self.location} has no dataset named {name!r}")
+        if self.remote:
+            # No rename on a bucket: the dataset disappears with its log entry 0, then
+            # everything under its prefix goes (an interrupted delete leaves only objects
+            # that a new create of the name reports).
+            self.backend.delete([f"{name}/{fmt.log_entry(0)}"])
+            self.backend.delete(self.backend.list_paths(f"{name}/"))
+            return
         trash = os.path.join(self.location, f".{name}.deleting-{os.getpid()}")
         os.rename(path, trash)
         shutil.rmtree(trash)
@@ -82,6 +110,8 @@ class DirCatalog:
         Raises:
             AlreadyExistsError: the catalog already has a dataset of that name.
         """
+        if self.remote:
+            raise UserInputError(f"{self.location}: materialized views are not supported yet on object storage")
         return view.materialize(self._path(name))
 
     def sql(self, query: str) -> pa.Table:

@@ -290,7 +290,6 @@ class Dataset:
         """
         from .sql import query_datasets
 
-        self._storage.require_local("sql")
         return query_datasets(query, {self.name: (self, version)})
 
         self._storage.require_local("ray_dataset")

@@ -111,3 +111,33 @@ def test_bucket_errors_are_clear(s3_bucket):
         Dataset.create(s3_bucket + "/half", SCHEMA, primary_keys=["id"], record_fields=["feature"])
     assert b.list_paths("") == ["metadata/dataset.json"]
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1")
+
+
+def test_catalog_sql_and_random_access_on_a_bucket(s3_bucket, moto_server, tmp_path):
+    from spacefs import DirCatalog, RandomAccessDataSource
+
+    cat = DirCatalog(s3_bucket + "/cat")
+    a = cat.create_dataset("a", SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    history(a)
+    cat.create_dataset("b", SCHEMA, primary_keys=["id"], record_fields=["feature"]).local().append(rows([1, 2]))
+    assert [(i.name, i.location) for i in cat.datasets()] == [("a", s3_bucket + "/cat/a"), ("b", s3_bucket + "/cat/b")]
+    assert cat.dataset("a").num_rows() == 55
+    got = cat.sql("SELECT count(*) AS n FROM a JOIN b USING (id)")
+    assert got.column("n").to_pylist() == [2]
+    assert a.sql("SELECT max(id) AS m FROM a", version="dev").column("m").to_pylist() == [500]
+
+    source = RandomAccessDataSource({"feature": a.location, "id": a.location}, version="v1",
+                                    cache_dir=str(tmp_path / "cache"))
+    want = {r["id"]: r["feature"] for r in a.local().read_all(version="v1").to_pylist()}
+    picks = [53, 0, 7, 52, 11]
+    first = source.__getitems__(picks)
+    assert [r["feature"] for r in first] == [want[r["id"]] for r in first]
+    mark = moto_server.mark()
+    assert source.__getitems__(picks) == first  # the second epoch is served by the cache
+    assert moto_server.requests(mark) == {}
+
+    cat.delete_dataset("b")
+    assert [i.name for i in cat.datasets()] == ["a"]
+    assert backend_for(s3_bucket + "/cat").list_paths("b/") == []
+    with pytest.raises(NotFoundError, match="no dataset named 'b'"):
+        cat.dataset("b")
