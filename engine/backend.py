@@ -108,6 +108,11 @@ class Backend(Protocol):
         after ``start_after`` if given. Staged temporary files are left out."""
         ...
 
+    def list_stats(self, prefix: str) -> list[tuple[str, int, float]]:
+        """``(path, size, modification time)`` of the files under ``prefix``, sorted:
+        what vacuum needs to find old unreferenced files."""
+        ...
+
     def delete(self, paths: Iterable[str]) -> None:
         """Remove ``paths``; a missing one is not an error."""
         ...
@@ -241,6 +246,16 @@ class LocalBackend:
                 if rel.startswith(prefix) and (start_after is None or rel > start_after):
                     out.append(rel)
         return sorted(out)
+
+    def list_stats(self, prefix: str) -> list[tuple[str, int, float]]:
+        out = []
+        for rel in self.list_paths(prefix):
+            try:
+                st = os.lstat(self._abs(rel))
+            except FileNotFoundError:
+                continue
+            out.append((rel, st.st_size, st.st_mtime))
+        return out
 
     def delete(self, paths: Iterable[str]) -> None:
         for p in paths:

@@ -329,7 +329,6 @@ class Dataset:
         """
         from .vacuum import vacuum
 
-        self._storage.require_local("vacuum")
         return vacuum(self._storage, older_than=older_than, apply=apply)
 
     # -- version control (engine/merge.py, restore.py, compact.py, expire.py) ----
@@ -364,7 +363,6 @@ class Dataset:
         files only they used. A dry run unless ``apply=True``."""
         from .expire import expire_snapshots
 
-        self._storage.require_local("expire_snapshots")
         return expire_snapshots(self._storage, older_than, apply=apply)
 
     # -- views (engine/views.py) -----------------------------------------------

@@ -299,6 +299,14 @@ class S3Backend:
                 out.extend(m["path"] for m in batch)
         return sorted(p for p in out if p.startswith(prefix))
 
+    def list_stats(self, prefix: str) -> list[tuple[str, int, float]]:
+        """``(path, size, last-modified time)`` of the objects under ``prefix``, sorted."""
+        out: list[tuple[str, int, float]] = []
+        with self._errors("list", prefix):
+            for batch in obstore.list(self.store, prefix or None):
+                out.extend((m["path"], m["size"], m["last_modified"].timestamp()) for m in batch)
+        return sorted(o for o in out if o[0].startswith(prefix))
+
     def delete(self, paths: Iterable[str]) -> None:
 
         paths = list(paths)

@@ -101,7 +101,7 @@ def test_bucket_errors_are_clear(s3_bucket):
     with pytest.raises(NotFoundError, match="no spacefs dataset"):
         Dataset.load(s3_bucket + "/nothing")
     for op, call in [("compact", ds.compact), ("merge", lambda: ds.merge("main")),
-                     ("expire_snapshots", lambda: ds.expire_snapshots("0s"))]:
+                     ("restore", lambda: ds.restore(0))]:
         with pytest.raises(UserInputError, match=f"{op} is not supported yet for datasets on object storage"):
             call()
     # A create interrupted after dataset.json: creating again says so, nothing else changes.
@@ -141,3 +141,34 @@ def test_catalog_sql_and_random_access_on_a_bucket(s3_bucket, moto_server, tmp_p
     assert backend_for(s3_bucket + "/cat").list_paths("b/") == []
     with pytest.raises(NotFoundError, match="no dataset named 'b'"):
         cat.dataset("b")
+
+
+def test_vacuum_and_expire_in_a_bucket_remove_only_unreferenced_objects(s3_bucket):
+    from datetime import timedelta
+
+    uri = s3_bucket + "/ds"
+    ds = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    history(ds)
+    b = backend_for(uri)
+    stray = ["data/index/0123abcd.parquet", "data/records/feature/0123abcd.array_record"]
+    for rel in stray:  # what a writer killed before its commit leaves
+        b.put(rel, b"x" * 10)
+    before = set(b.list_paths(""))
+    want = {v: by_id(ds.local().read_all(version=v)) for v in range(ds.snapshot_id("dev") + 1)}
+
+    assert ds.vacuum(older_than=timedelta(hours=1)).files == []  # too young
+    report = ds.vacuum(older_than=timedelta(0))
+    assert report.files == stray and not report.applied
+    ds.vacuum(older_than=timedelta(0), apply=True)
+    assert set(b.list_paths("")) == before - set(stray)
+    for v, t in want.items():
+        assert by_id(Dataset.load(uri).local().read_all(version=v)).equals(t)
+
+    # Expire everything unnamed: snapshots 0..3 go (4 is tagged v1 and main, 5 heads dev).
+    report = ds.expire_snapshots("0s", apply=True)
+    assert report.snapshot_ids == [0, 1, 2, 3] and report.files
+    after = set(b.list_paths(""))
+    assert not after & set(report.files)
+    for v in (4, 5):
+        assert by_id(Dataset.load(uri).local().read_all(version=v)).equals(want[v])
+    assert ds.vacuum(older_than=timedelta(0)).files == []
