@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from . import format as fmt
-from .backend import is_remote, open_backend
+from .backend import Backend, is_remote, open_backend
 from .dataset import Dataset
 from .errors import NotFoundError, UserInputError
 
@@ -28,6 +28,14 @@ def validate_name(name: str) -> None:
     """Names become directories: no '/', '..', hidden names or odd characters."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise UserInputError(f"dataset name {name!r} is not valid: use letters, digits, '_', '-', '.', not starting with '.'")
+
+
+def remove_from_bucket(backend: Backend) -> None:
+    """Delete the dataset at a bucket prefix. No rename on a bucket: the dataset
+    disappears with its log entry 0, then everything under its prefix goes (an
+    interrupted delete leaves objects that a new create at the location reports)."""
+    backend.delete([fmt.log_entry(0)])
+    backend.delete(backend.list_paths(""))
 
 
 class DirCatalog:
@@ -94,11 +102,7 @@ class DirCatalog:
         if not self._is_dataset(name):
             raise NotFoundError(f"catalog {self.location} has no dataset named {name!r}")
         if self.remote:
-            # No rename on a bucket: the dataset disappears with its log entry 0, then
-            # everything under its prefix goes (an interrupted delete leaves only objects
-            # that a new create of the name reports).
-            self.backend.delete([f"{name}/{fmt.log_entry(0)}"])
-            self.backend.delete(self.backend.list_paths(f"{name}/"))
+            remove_from_bucket(open_backend(path))
             return
         trash = os.path.join(self.location, f".{name}.deleting-{os.getpid()}")
         os.rename(path, trash)
