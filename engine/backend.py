@@ -334,3 +334,11 @@ def open_backend(location: str, storage_options: dict[str, Any] | None = None) -
         if b is None or (storage_options is not None and b.storage_options != dict(storage_options)):
             b = _REMOTE[uri] = backend_for(uri, storage_options)
         return b
+
+
+def register_backend(backend: Backend) -> None:
+    """Make ``backend`` the one ``open_backend`` returns for its location in this process
+    (a Ray task registers the backends its driver read through)."""
+    if backend.local_path("") is None:
+        with _REMOTE_LOCK:
+            _REMOTE[backend.uri] = backend

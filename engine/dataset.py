@@ -292,7 +292,6 @@ class Dataset:
 
         return query_datasets(query, {self.name: (self, version)})
 
-        self._storage.require_local("ray_dataset")
     def ray_dataset(self, version: Version = None, fields: Sequence[str] | None = None,
                     ray_options: RayOptions | None = None):
         """A lazy ``ray.data.Dataset`` of a version: one read task per index file row range."""

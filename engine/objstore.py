@@ -111,6 +111,10 @@ def _store_config(storage_options: dict[str, Any] | None) -> tuple[dict, dict, d
     return s3, client, retry
 
 
+_PORTABLE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                       "AWS_REGION")
+
+
 class S3Backend:
     """``s3://bucket/prefix`` on AWS S3 or any S3-compatible store, through obstore."""
 
@@ -146,6 +150,15 @@ class S3Backend:
     def __reduce__(self):
         # Stores hold a Rust client; a worker process (Ray, multiprocessing) builds its own.
         return (S3Backend, (self.uri, self.storage_options))
+
+    def portable(self) -> S3Backend:
+        """This backend with the AWS variables of this process folded into its options:
+        for worker processes (Ray) that may not have the variables in their environment.
+        Options given explicitly still win."""
+        env = {k: os.environ[k] for k in _PORTABLE_VARIABLES if os.environ.get(k)}
+        if "AWS_ENDPOINT_URL" not in env and os.environ.get("AWS_ENDPOINT_URL_S3"):
+            env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL_S3"]
+        return S3Backend(self.uri, {**env, **self.storage_options})
 
     @contextmanager
     def _errors(self, op: str, path: str):
