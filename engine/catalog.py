@@ -114,8 +114,6 @@ class DirCatalog:
         Raises:
             AlreadyExistsError: the catalog already has a dataset of that name.
         """
-        if self.remote:
-            raise UserInputError(f"{self.location}: materialized views are not supported yet on object storage")
         return view.materialize(self._path(name))
 
     def sql(self, query: str) -> pa.Table:

@@ -71,7 +71,6 @@ class Dataset:
         """
         storage = Storage(str(location), storage_options)
         if storage.kind == "mv":
-            storage.require_local("opening a materialized view")
             from .mv import MaterializedView
 
             return MaterializedView.load(str(location))  # type: ignore[return-value]
@@ -379,21 +378,18 @@ class Dataset:
         """
         from .views import MapView
 
-        self._storage.require_local("views")
         return MapView(self, fn, output_schema, input_fields, output_record_fields, batch_size)
 
     def filter(self, fn, input_fields: Sequence[str] | None = None):
         """A view of the rows for which ``fn(row_dict)`` is true."""
         from .views import FilterView
 
-        self._storage.require_local("views")
         return FilterView(self, fn, input_fields)
 
     def filter_batches(self, fn, input_fields: Sequence[str] | None = None):
         """A view of the rows ``fn`` keeps; ``fn`` takes a dict of lists and returns one bool per row."""
         from .views import FilterView
 
-        self._storage.require_local("views")
         return FilterView(self, fn, input_fields, batched=True)
 
     def join(self, right, keys: Sequence[str], left_fields: Sequence[str] | None = None,
@@ -404,7 +400,6 @@ class Dataset:
         """
         from .views import JoinView
 
-        self._storage.require_local("views")
         return JoinView(self, right, keys, left_fields, right_fields)
 
     def __repr__(self) -> str:
