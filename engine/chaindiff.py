@@ -62,10 +62,10 @@ def chain_changes(st: Storage, base: int, tip: int) -> ChainChanges:
     for i, sid in enumerate(chain):
         rel = st.snapshot(sid).get("deleted")
         if rel:
-            d = pq.read_table(st.full_path(rel)).select(pk)
+            d = st.files.read_table(rel).select(pk)
             dels.append(d.append_column(SEQ, pa.array(np.full(d.num_rows, 2 * i, dtype=np.int64))))
         for path in _added_files(st, sid):
-            t = pq.read_table(st.full_path(path), schema=st.index_schema)
+            t = st.files.read_table(path, schema=st.index_schema)
             adds.append(t.append_column(SEQ, pa.array(np.full(t.num_rows, 2 * i + 1, dtype=np.int64))))
     key_schema = pa.schema([st.index_schema.field(k) for k in pk])
     added = pa.concat_tables(adds) if adds else st.index_schema.append(pa.field(SEQ, pa.int64())).empty_table()
@@ -137,7 +137,7 @@ def _lookup(st: Storage, sid: int, keys: pa.Table) -> pa.Table:
 
     out = []
     for entry in st.index_entries(sid, key_filter(keys)):
-        t = _lookup_file(st, st.full_path(entry["path"]), keys)
+        t = _lookup_file(st, entry["path"], keys)
         if t is not None and t.num_rows:
             out.append(t)
     return pa.concat_tables(out) if out else st.index_schema.empty_table()
@@ -154,10 +154,10 @@ def _lookup_file(st: Storage, path: str, keys: pa.Table) -> pa.Table | None:
     from .writes import key_mask
 
     pk = st.primary_keys
-    pf = pq.ParquetFile(path)
+    pf = st.files.parquet_file(path)
     if pf.schema_arrow.names != st.index_schema.names:
         # Written before a schema change: let the dataset layer fill missing columns.
-        t = pq.read_table(path, schema=st.index_schema)
+        t = st.files.read_table(path, schema=st.index_schema)
         return t.filter(pa.array(key_mask(t.select(pk), keys)))
     md = pf.metadata
     groups = _candidate_groups(md, pk, keys)

@@ -85,7 +85,7 @@ def _groups(st: Storage, sid: int, max_rows: int) -> Iterator[pa.Table]:
     reader = RecordReader(st.location)
     try:
         for i, e in enumerate(entries):
-            group.append(st.full_path(e["path"]))
+            group.append(e["path"])
             rows += e["rows"]
             # A record file shared by several index files counts for each: groups err small.
             nbytes += sum(rec_bytes.get(f, 0) for f in e["record_files"] or ())
@@ -111,7 +111,11 @@ def _read_index(st: Storage, paths: list[str]) -> pa.Table:
 
     small: list[pa.Table] = []
     large: list[str] = []
-    for p in paths:
+    if st.remote:  # a bucket: each file whole with one GET
+        small = [st.files.read_table(p) for p in paths]
+        paths = []
+    for rel in paths:
+        p = st.full_path(rel)
         fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size

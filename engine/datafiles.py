@@ -51,6 +51,12 @@ class DataFiles:
             return pq.read_table(self.backend.local_path(rel), **kwargs)
         return pq.read_table(pa.BufferReader(self.backend.read_bytes(rel)), **kwargs)
 
+    def parquet_file(self, rel: str) -> pq.ParquetFile:
+        """The Parquet file ``rel`` opened for metadata and row-group reads."""
+        if self.local:
+            return pq.ParquetFile(self.backend.local_path(rel))
+        return pq.ParquetFile(pa.BufferReader(self.backend.read_bytes(rel)))
+
     def size(self, rel: str) -> int:
         return self.backend.size(rel)
 

@@ -303,7 +303,6 @@ class Dataset:
         return self._storage.snapshot(self.snapshot_id(version))["stats"]["rows"]
 
     # -- training integrations (engine/hf.py) ----------------------------------
-        self._storage.require_local("to_huggingface")
     def to_huggingface(self, version: Version = None, fields: Sequence[str] | None = None,
                        cache_dir: str | None = None):
         """A version as a ``datasets.Dataset``, record bytes materialized, features kept."""
@@ -339,21 +338,18 @@ class Dataset:
         """
         from .merge import merge
 
-        self._storage.require_local("merge")
         return merge(self._storage, source, into or self._branch, on_conflict)
 
     def restore(self, version: Version, branch: str | None = None) -> JobResult:
         """A new snapshot on ``branch`` whose rows equal ``version``'s (history kept)."""
         from .restore import restore
 
-        self._storage.require_local("restore")
         return restore(self._storage, version, branch or self._branch)
 
     def compact(self, file_options: FileOptions | None = None) -> JobResult:
         """Rewrite the current branch's rows into fewer, larger files (no row changes)."""
         from .compact import compact
 
-        self._storage.require_local("compact")
         return compact(self._storage, self._branch, file_options)
 
     def expire_snapshots(self, older_than: timedelta | str, apply: bool = False) -> ExpireReport:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .errors import SnapshotExpiredError, UserInputError
 from .manifest import ADDED, INDEX
@@ -59,7 +58,7 @@ def diff(storage: Storage, start: Version, end: Version, branch: str = "main",
         for sid in chain:
             snap = storage.snapshot(sid)
             if snap.get("deleted"):
-                yield ChangeData(sid, ChangeType.DELETE, pq.read_table(storage.full_path(snap["deleted"])))
+                yield ChangeData(sid, ChangeType.DELETE, storage.files.read_table(snap["deleted"]))
             if not snap.get("delta"):
                 continue
             d = storage.manifests.read(snap["delta"])

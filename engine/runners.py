@@ -245,7 +245,6 @@ class LocalRunner:
         Raises:
             UserInputError: ``end_version`` does not descend from ``start_version``.
         """
-        self.storage.require_local("diff")
         return diff_mod.diff(self.storage, start_version, end_version, self.branch)
 
 
