@@ -122,13 +122,6 @@ class Storage:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def require_local(self, operation: str) -> None:
-        """Refuse ``operation`` on a dataset in a bucket when it is not wired for one yet
-        (OBJECTSTORE.md lists what is): a clear error instead of a misread."""
-        if self.remote:
-            raise UserInputError(f"{self.location}: {operation} is not supported yet for datasets on object "
-                                 "storage; copy the dataset to a directory with spacefs.engine.objcopy.copy_dataset")
-
     @property
     def name(self) -> str:
         return os.path.basename(self.location)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from spacefs.engine.backend import is_remote
 from spacefs.engine.errors import NotFoundError, SpaceError, UserInputError
 
 from . import paths
@@ -48,6 +49,9 @@ def _is_dataset(path: str) -> bool:
 def check_source(source: str) -> None:
     """Refuse a source that is neither a dataset nor a catalog (a directory holding
     datasets, or an empty one to fill later): it would mount as an empty tree."""
+    if is_remote(source):
+        raise UserInputError(f"{source}: mounting a bucket is not supported yet (engine/OBJECTSTORE.md); "
+                             "mount a directory, or copy the dataset down with spacefs.engine.objcopy.copy_dataset")
     if not os.path.isdir(source):
         raise NotFoundError(f"{source}: no such catalog or dataset directory")
     if _is_dataset(source):
