@@ -336,6 +336,14 @@ def open_backend(location: str, storage_options: dict[str, Any] | None = None) -
         return b
 
 
+def portable_backends() -> list[Backend]:
+    """The remote backends this process opened, with the settings of its environment
+    folded in: what a Ray task needs to read and write the same buckets."""
+    with _REMOTE_LOCK:
+        backends = list(_REMOTE.values())
+    return [b.portable() for b in backends]
+
+
 def register_backend(backend: Backend) -> None:
     """Make ``backend`` the one ``open_backend`` returns for its location in this process
     (a Ray task registers the backends its driver read through)."""

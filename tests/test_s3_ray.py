@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Iterator
+
+import cloudpickle
 import pyarrow as pa
 import pytest
 import ray
@@ -9,6 +14,15 @@ import ray
 from spacefs import Dataset
 
 from conftest import SCHEMA, rows
+
+# UDFs defined here run in Ray workers, which cannot import this test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def source(k: int) -> Iterator[dict]:
+    ids = list(range(k * 100, k * 100 + 100))
+    yield {"id": ids, "image_name": [f"{i}.jpg" for i in ids], "feature": [f"data{i}".encode() for i in ids]}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,3 +46,19 @@ def test_ray_dataset_reads_a_bucket_with_storage_options_only(s3_bucket, moto_se
     got = pa.Table.from_pylist(rds.take_all()).sort_by("id")
     assert got.column("id").to_pylist() == list(range(3100))
     assert got.column("feature").to_pylist() == rows(range(3000))["feature"] + rows(range(3000, 3100), "b")["feature"]
+
+
+def test_ray_runner_writes_and_reads_a_bucket(s3_bucket, moto_server, monkeypatch):
+    from spacefs import RayOptions
+
+    for key in moto_server.env:
+        monkeypatch.delenv(key)
+    options = {"endpoint": moto_server.endpoint, "aws_access_key_id": "testing",
+               "aws_secret_access_key": "testing", "region": "us-east-1"}
+    ds = Dataset.create(s3_bucket + "/ds", SCHEMA, primary_keys=["id"], record_fields=["feature"],
+                        storage_options=options)
+    r = ds.ray(ray_options=RayOptions(max_parallelism=2))
+    r.append_from([functools.partial(source, k) for k in range(3)])
+    got = r.read_all().sort_by("id")
+    assert got.column("id").to_pylist() == list(range(300))
+    assert got.column("feature").to_pylist() == rows(range(300))["feature"]
