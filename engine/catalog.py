@@ -30,6 +30,32 @@ def validate_name(name: str) -> None:
         raise UserInputError(f"dataset name {name!r} is not valid: use letters, digits, '_', '-', '.', not starting with '.'")
 
 
+def normalize_location(location: str) -> str:
+    """A directory made absolute, a bucket URI without its trailing slash."""
+    location = str(location)
+    return location.rstrip("/") if is_remote(location) else os.path.abspath(location)
+
+
+def is_dataset_at(location: str) -> bool:
+    """Whether ``location`` (a directory or a bucket prefix) holds a dataset; in a bucket a
+    dataset exists once its log entry 0 does."""
+    if is_remote(str(location)):
+        return open_backend(str(location)).exists(fmt.log_entry(0))
+    return fmt.is_dataset(str(location))
+
+
+def child_location(catalog: str, name: str) -> str:
+    """The location of dataset ``name`` in a catalog directory or bucket prefix."""
+    return f"{catalog.rstrip('/')}/{name}" if is_remote(catalog) else os.path.join(catalog, name)
+
+
+def datasets_at(catalog: str) -> list[str]:
+    """Names of the datasets directly under a catalog directory or bucket prefix, sorted."""
+    if is_remote(catalog):
+        return [i.name for i in DirCatalog(catalog).datasets()]
+    return fmt.datasets_in(catalog)
+
+
 def remove_from_bucket(backend: Backend) -> None:
     """Delete the dataset at a bucket prefix. No rename on a bucket: the dataset
     disappears with its log entry 0, then everything under its prefix goes (an

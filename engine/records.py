@@ -185,6 +185,8 @@ class RecordReader:
     ``remote_records.RemoteRecordReader`` instead: the same methods, reading by range.
     """
 
+    remote = False  # records read by range from a bucket (``RemoteRecordReader``)
+
     def __new__(cls, root: str, *args, **kwargs):
         if cls is RecordReader and is_remote(str(root)):
             from .remote_records import RemoteRecordReader  # loads obstore: buckets only

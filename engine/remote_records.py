@@ -76,6 +76,8 @@ class RemoteRecordReader:
     Holds nothing open; thread-safe.
     """
 
+    remote = True
+
     def __init__(self, root: str, cache: ChunkCache | None = None):
         self.backend = open_backend(root)
         self.root = self.backend.uri
@@ -132,6 +134,16 @@ class RemoteRecordReader:
 
 _CACHES: dict[str, ChunkCache | None] = {}
 _CACHES_LOCK = threading.Lock()
+_DEFAULT: list[ChunkCache] = []  # the process-wide cache of every location (a mount's)
+
+
+def set_default_cache(cache_dir: str, cache_size: int = DEFAULT_SIZE) -> ChunkCache:
+    """Make record reads of every bucket location without a cache of its own go through
+    one chunk cache in ``cache_dir`` (``spacefs mount --cache-dir``)."""
+    cache = ChunkCache(cache_dir, cache_size)
+    with _CACHES_LOCK:
+        _DEFAULT[:] = [cache]
+    return cache
 
 
 def set_cache(location: str, cache_dir: str | None, cache_size: int = DEFAULT_SIZE) -> ChunkCache | None:
@@ -144,12 +156,15 @@ def set_cache(location: str, cache_dir: str | None, cache_size: int = DEFAULT_SI
 
 
 def cache_for(location: str) -> ChunkCache | None:
-    """The chunk cache of a location: the one set by ``set_cache``, else one in
+    """The chunk cache of a location: the one set by ``set_cache``, else the default one
+    (``set_default_cache``), else one in
     ``$SPACEFS_CACHE_DIR`` (``$SPACEFS_CACHE_SIZE`` bytes, default 1 GiB) if set, else none."""
     location = location.rstrip("/")
     with _CACHES_LOCK:
         if location in _CACHES:
             return _CACHES[location]
+        if _DEFAULT:
+            return _DEFAULT[0]
     cache_dir = os.environ.get("SPACEFS_CACHE_DIR")
     if not cache_dir:
         return None

@@ -204,6 +204,10 @@ class SnapshotView:
         r = self._refs[field]
         rel = r.file_names[r.file_idx[row]]
         size, off = r.size[row], int(r.offset[row])
+        if off >= 0 and reader.remote:
+            # A bucket (``RemoteRecordReader``): ranged GETs through its chunk cache,
+            # always from a worker thread.
+            return reader.read_range(rel, off, size, start, length) if io else None
         if off >= 0:
             if not io and length > INLINE_MAX:
                 return None

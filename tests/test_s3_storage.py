@@ -112,12 +112,14 @@ def test_bucket_errors_are_clear(s3_bucket):
         Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"])
     with pytest.raises(NotFoundError, match="no spacefs dataset"):
         Dataset.load(s3_bucket + "/nothing")
-    # Mounting a bucket is not wired yet: a clear error naming the operation.
+    # A prefix holding other things is neither a dataset nor a catalog to mount.
     from spacefs.engine.errors import UserInputError
     from spacefs.mount.launch import check_source
 
-    with pytest.raises(UserInputError, match="mounting a bucket is not supported yet"):
-        check_source(uri)
+    backend_for(s3_bucket + "/other").put("notes.txt", b"hello")
+    with pytest.raises(UserInputError, match="neither a spacefs dataset nor a catalog"):
+        check_source(s3_bucket + "/other")
+    check_source(uri)
     # A create interrupted after dataset.json: creating again says so, nothing else changes.
     b = backend_for(s3_bucket + "/half")
     b.put("metadata/dataset.json", b"{}")
