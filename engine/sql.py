@@ -14,7 +14,7 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _index_table(ds: Any, version: Any) -> pa.Table:
+def index_table(ds: Any, version: Any) -> pa.Table:
     """All index rows of a version of a dataset in a bucket, as one Arrow table."""
     st = ds.storage
     sid = ds.snapshot_id(version)
@@ -33,7 +33,7 @@ def query_datasets(query: str, datasets: dict[str, tuple[Any, Any]]) -> pa.Table
             if ds.storage.remote:
                 # DuckDB's httpfs is downloaded at run time: register the index rows read
                 # through the backend instead (index rows are small; records stay references).
-                con.register(f"__remote_{k}", _index_table(ds, version))
+                con.register(f"__remote_{k}", index_table(ds, version))
                 con.execute(f"CREATE VIEW {_quote(name)} AS SELECT * FROM {_quote(f'__remote_{k}')}")
                 continue
             files = ds.index_files(version)

@@ -580,6 +580,11 @@ def _connect_duckdb(datasets: dict[str, str]) -> Any:
     try:
         for name, path in datasets.items():
             ds = Dataset(Storage(path))
+            if ds.storage.remote:  # index rows read through the backend (engine.sql)
+                from spacefs.engine.sql import index_table
+
+                con.register(name, index_table(ds, None))
+                continue
             files = ds.index_files()
             schema = ds.storage.index_schema
             src = pds.dataset(files, schema=schema, format="parquet") if files else schema.empty_table()

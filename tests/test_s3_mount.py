@@ -35,6 +35,14 @@ def test_mount_of_a_bucket_catalog_reads_every_byte_and_sees_commits(s3_bucket, 
         assert open(os.path.join(cur, "rows", "100", "image"), "rb").read() == image_bytes(100)
         cat.create_dataset("birds", SCHEMA, ["id"], ["image"])
         wait_for(lambda: "birds" in os.listdir(mnt), 10.0, "new dataset")
+        # The control socket works on the bucket's datasets too.
+        from spacefs.mount.client import Client
+
+        with Client(mnt) as client:
+            assert client.datasets() == ["birds", "pets"]
+            client.append("pets", rows([200]))
+            assert client.sql("SELECT count(*) AS n FROM pets").column("n").to_pylist() == [32]
+        assert ds.num_rows() == 32
 
 
 def test_cli_mount_of_a_bucket_dataset_reads_through_its_chunk_cache(s3_bucket, tmp_path):
