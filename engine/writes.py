@@ -266,7 +266,7 @@ class RowRemover:
             path = entry["path"]
             # One thread per file: files are probed in parallel already.
             t = st.files.read_table(path, columns=mask_columns, schema=None if mask_columns else st.index_schema,
-                              use_threads=False)
+                                    use_threads=False)
             mask = mask_fn(t)
             n = int(mask.sum())
             if n == 0:
