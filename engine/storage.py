@@ -74,7 +74,7 @@ class Plan:
 
 
 class Storage:
-    """One dataset on disk. Cheap to open; every read resolves versions afresh."""
+    """One dataset, in a directory or a bucket. Cheap to open; every read resolves versions afresh."""
 
     def __init__(self, location: str, storage_options: dict[str, Any] | None = None):
         # ``storage_options`` configure a bucket's client (OBJECTSTORE.md); kept in memory
