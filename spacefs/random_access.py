@@ -101,9 +101,11 @@ class _Group:
         self.location = ds.location
         self.name = ds.name
         self.snapshot_id = ds.snapshot_id(version)
-        # A dataset in a bucket reads records by range through this chunk cache (dir, size),
-        # set again in every process the source is pickled to.
+        # A dataset in a bucket reads records by range through this chunk cache (dir, size)
+        # and this backend (its settings folded in), both set again in every process the
+        # source is pickled to: a spawned DataLoader worker needs no AWS variables.
         self.cache = cache if ds.storage.remote else None
+        self.backend = ds.storage.backend.portable() if ds.storage.remote else None
         self.reader = self._reader()
 
     def _reader(self) -> RecordReader:
@@ -121,6 +123,10 @@ class _Group:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if self.backend is not None:  # another process: read with the driver's settings
+            from spacefs.engine.backend import register_backend
+
+            register_backend(self.backend)
         self.reader = self._reader()
 
 

@@ -220,3 +220,27 @@ def test_cli_on_bucket_locations(s3_bucket, tmp_path):
     run("vacuum", uri)
     run("rm", uri, "--yes")
     assert backend_for(uri).list_paths("") == []
+
+
+def as_list(batch: list) -> list:
+    return batch
+
+
+def test_torch_loader_with_spawned_workers_reads_a_bucket_without_the_variables(s3_bucket, moto_server, monkeypatch):
+    """A bucket's S3 client does not survive fork: workers are spawned, and get the
+    driver's settings with the source (no AWS variables in their environment)."""
+    from torch.utils.data import DataLoader
+
+    from spacefs.torch_data import TorchMapDataset
+
+    for key in moto_server.env:
+        monkeypatch.delenv(key)
+    options = {"endpoint": moto_server.endpoint, "aws_access_key_id": "testing",
+               "aws_secret_access_key": "testing", "region": "us-east-1"}
+    uri = s3_bucket + "/ds"
+    ds = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"], storage_options=options)
+    ds.local().append(rows(range(40)))
+    loader = DataLoader(TorchMapDataset(uri, fields=["id", "feature"]), batch_size=8, num_workers=2,
+                        multiprocessing_context="spawn", collate_fn=as_list)
+    got = sorted((r["id"], r["feature"]) for batch in loader for r in batch)
+    assert got == sorted(zip(range(40), rows(range(40))["feature"], strict=True))
