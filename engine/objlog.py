@@ -33,7 +33,7 @@ from typing import Any
 from . import format as fmt
 from .backend import Backend
 from .errors import AlreadyExistsError, VersionNotFoundError
-from .log import MetadataLog
+from .log import Entry, MetadataLog, encode_entry
 
 LOG = fmt.LOG_DIR + "/"
 SNAPSHOTS = fmt.SNAPSHOTS_DIR + "/"
@@ -80,6 +80,11 @@ class ObjectLog(MetadataLog):
             raise VersionNotFoundError(f"no log entries in {self.root}: not a dataset")
         self._known = max(seqs)
         return self._known
+
+    def _link_snapshot(self, entry: Entry) -> None:
+        # The copy holds the entry's bytes, which we have (just published, or read and
+        # decoded from that encoding): no GET of the entry to copy it, as on disk.
+        self.backend.put_if_absent(snapshot_path(entry.doc["snapshot"]["id"]), encode_entry(entry.doc))
 
     def try_publish(self, doc: dict[str, Any]) -> bool:
         if not super().try_publish(doc):

@@ -60,6 +60,10 @@ def test_create_write_read_in_a_bucket_matches_a_directory(s3_bucket, tmp_path):
     referenced = {r["path"] for sid in range(6) for r in again.storage.live_files(sid).to_pylist()}
     assert referenced <= set(objects)
     assert len([p for p in objects if p.startswith("metadata/log/0")]) == 8  # create + 5 writes + tag + branch
+    b = backend_for(uri)
+    for sid in range(again.snapshot_id("dev") + 1):  # each snapshot copy holds its entry's bytes
+        seq = again.storage.log.snapshot_entry(sid).seq
+        assert b.read(f"metadata/snapshots/{sid:012d}.json") == b.read(f"metadata/log/{seq:012d}.json")
 
 
 def test_bucket_dataset_copies_to_disk_and_back(s3_bucket, tmp_path):
