@@ -118,13 +118,13 @@ class RemoteRecordReader:
                                sub.field("offset").to_numpy(zero_copy_only=False),
                                sub.field("size").to_numpy(zero_copy_only=False),
                                sub.field("pos").to_numpy(zero_copy_only=False))
+        typ = pa.large_binary() if sum(map(len, vals)) >= (1 << 31) else pa.binary()
         if refs.null_count:
             full: list[bytes | None] = [None] * len(refs)
             for i, v in zip(live.tolist(), vals, strict=True):
                 full[i] = v
-            return pa.array(full, pa.binary())
-        large = sum(map(len, vals)) >= (1 << 31)
-        return pa.array(vals, pa.large_binary() if large else pa.binary())
+            return pa.array(full, typ)
+        return pa.array(vals, typ)
 
     scan_refs = read_refs  # ranges of neighbours coalesce into one GET already
 

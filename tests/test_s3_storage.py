@@ -248,3 +248,13 @@ def test_torch_loader_with_spawned_workers_reads_a_bucket_without_the_variables(
                         multiprocessing_context="spawn", collate_fn=as_list)
     got = sorted((r["id"], r["feature"]) for batch in loader for r in batch)
     assert got == sorted(zip(range(40), rows(range(40))["feature"], strict=True))
+
+
+def test_null_records_in_a_bucket(s3_bucket):
+    from spacefs import RandomAccessDataSource
+
+    uri = s3_bucket + "/nulls"
+    ds = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    ds.local().append({"id": [1, 2, 3], "image_name": ["a", "b", "c"], "feature": [b"x", None, b"z"]})
+    assert by_id(Dataset.load(uri).local().read_all()).column("feature").to_pylist() == [b"x", None, b"z"]
+    assert RandomAccessDataSource({"feature": uri})[:] == [b"x", None, b"z"]
