@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import weakref
@@ -78,7 +79,7 @@ class DataFiles:
         else:
             with self._lock:
                 if self._staging is None:
-                    self._staging = tempfile.mkdtemp(prefix="spacefs-staging-")
+                    self._staging = _new_staging_dir()
                     weakref.finalize(self, shutil.rmtree, self._staging, True)  # at exit too
             path = os.path.join(self._staging, *rel.split("/"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -113,6 +114,35 @@ class DataFiles:
             staging, self._staging = self._staging, None
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_staging_dir() -> str:
+    """A private directory for this process's staged files, under one directory per user
+    where the directories of processes that died without cleaning up (killed writers) are
+    removed by the next process that stages something: leftovers are bounded."""
+    root = os.path.join(tempfile.gettempdir(), f"spacefs-staging-{os.getuid()}")
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        return tempfile.mkdtemp(prefix="spacefs-staging-")  # not ours: no shared root
+    for name in os.listdir(root):
+        pid = name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _FILES: dict[str, DataFiles] = {}

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import tempfile
 
 import pytest
 
@@ -65,6 +66,9 @@ def test_writer_killed_at_each_commit_step_leaves_the_last_snapshot(s3_bucket, p
     p = start(uri, "append", 100, 3, SPACEFS_FAILPOINT=point)
     p.communicate(timeout=300)
     assert p.returncode == -signal.SIGKILL
+    victim = p.pid
+    staging = os.path.join(tempfile.gettempdir(), f"spacefs-staging-{os.getuid()}")
+    assert [n for n in os.listdir(staging) if n.startswith(f"{victim}-")]  # left by the kill
     head = check(uri)
     landed = point in ("commit:after_publish", "commit:after_snapshot_link")
     assert head == (2 if landed else 1)
@@ -73,6 +77,8 @@ def test_writer_killed_at_each_commit_step_leaves_the_last_snapshot(s3_bucket, p
     assert p.returncode == 0, err
     assert out.split() == [str(head + 1), str(head + 2)]
     assert check(uri) == head + 2
+    # The victim's local staging directory was removed by the next writer that staged files.
+    assert not [n for n in os.listdir(staging) if n.startswith(f"{victim}-")]
 
 
 def test_writer_killed_at_a_random_instant_leaves_the_last_snapshot(s3_bucket):
