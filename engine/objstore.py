@@ -80,6 +80,22 @@ def check_conditional_writes(backend: Backend) -> None:
             "commits could overwrite each other, so spacefs will not store datasets there")
 
 
+_HONOURED: set[tuple[str, str]] = set()  # (endpoint, bucket) found to honour them, this process
+_HONOURED_LOCK = threading.Lock()
+
+
+def ensure_conditional_writes(backend: Backend) -> None:
+    """``check_conditional_writes`` once per endpoint and bucket per process: a catalog
+    creating many datasets probes its store once. Only a success is remembered."""
+    key = (getattr(backend, "endpoint", ""), getattr(backend, "bucket", backend.uri))
+    with _HONOURED_LOCK:
+        if key in _HONOURED:
+            return
+    check_conditional_writes(backend)
+    with _HONOURED_LOCK:
+        _HONOURED.add(key)
+
+
 # -- S3-compatible object storage ----------------------------------------------------
 def _store_config(storage_options: dict[str, Any] | None) -> tuple[dict, dict, dict]:
     """Split ``storage_options`` into S3, HTTP-client and retry settings.

@@ -208,12 +208,12 @@ class Storage:
         once its log entry 0 exists. ``dataset.json`` is created first with a conditional
         PUT (of two creators, one wins), then the extra files, then entry 0. A crash in
         between leaves ``dataset.json`` without a log: creating again says so."""
-        from .objstore import check_conditional_writes
+        from .objstore import ensure_conditional_writes
 
         backend = open_backend(location, storage_options)
         if backend.exists(fmt.log_entry(0)):
             raise AlreadyExistsError(f"a dataset already exists at {backend.uri}")
-        check_conditional_writes(backend)
+        ensure_conditional_writes(backend)
         if not backend.put_if_absent(fmt.DATASET_JSON, sch.dumps(meta)):
             if backend.exists(fmt.log_entry(0)):
                 raise AlreadyExistsError(f"a dataset already exists at {backend.uri}")

@@ -139,7 +139,12 @@ def test_catalog_sql_and_random_access_on_a_bucket(s3_bucket, moto_server, tmp_p
     cat = DirCatalog(s3_bucket + "/cat")
     a = cat.create_dataset("a", SCHEMA, primary_keys=["id"], record_fields=["feature"])
     history(a)
-    cat.create_dataset("b", SCHEMA, primary_keys=["id"], record_fields=["feature"]).local().append(rows([1, 2]))
+    mark = moto_server.mark()
+    b = cat.create_dataset("b", SCHEMA, primary_keys=["id"], record_fields=["feature"])
+    # The store was probed for conditional writes by the first create only: dataset.json,
+    # entry 0, its snapshot copy and LATEST are all this create puts.
+    assert moto_server.requests(mark).get("PUT") == 4
+    b.local().append(rows([1, 2]))
     assert [(i.name, i.location) for i in cat.datasets()] == [("a", s3_bucket + "/cat/a"), ("b", s3_bucket + "/cat/b")]
     assert cat.dataset("a").num_rows() == 55
     got = cat.sql("SELECT count(*) AS n FROM a JOIN b USING (id)")
