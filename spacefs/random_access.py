@@ -110,9 +110,11 @@ class _Group:
 
     def _reader(self) -> RecordReader:
         if self.cache is not None:
-            from spacefs.engine.remote_records import set_cache
+            # This source's own cache: other readers of the location are not affected.
+            from spacefs.engine.chunkcache import ChunkCache
+            from spacefs.engine.remote_records import RemoteRecordReader
 
-            set_cache(self.location, *self.cache)
+            return RemoteRecordReader(self.location, ChunkCache(*self.cache))  # type: ignore[return-value]
         return RecordReader(self.location, mmap_max=self.mmap_max)
 
     def record_reader(self) -> RecordReader:
