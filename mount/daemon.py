@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
+from spacefs.engine.backend import is_remote
+from spacefs.engine.catalog import normalize_location
 from spacefs.engine.recordpool import POOL
 
 from . import memdump, paths
@@ -34,6 +36,9 @@ from .tree import Tree
 log = logging.getLogger("spacefs.mount")
 
 POLL_INTERVAL = 0.25
+# A bucket source is polled less often: each poll is a LIST and a HEAD per open dataset
+# (requests cost money and time on S3); commits still appear within a few seconds.
+REMOTE_POLL_INTERVAL = 2.0
 # Record files no read touched for this long are closed (the versions nobody reads any
 # more): a mount following commits for weeks keeps a flat number of descriptors. Short,
 # because a descriptor caches nothing the page cache does not: reopening a record file
@@ -87,21 +92,30 @@ async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_re
 
 def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes_from: Sequence[str] = (),
         trust_views: bool = False, limits: Sequence[str] = (), ready: Callable[[str], None] | None = None,
-        interval: float = POLL_INTERVAL, log_path: str | None = None) -> None:
+        interval: float | None = None, log_path: str | None = None, cache_dir: str | None = None,
+        cache_size: int | None = None) -> None:
     """Mount ``source`` (a catalog or dataset directory) at ``mountpoint`` until unmounted.
 
     ``allow_writes_from`` names users or groups that may write over the control socket
     (besides the owner and root); ``trust_views`` lets refresh run view definitions
     written by other users; ``limits`` are ``NAME=VALUE`` overrides of ``control.Limits``.
+    ``cache_dir``/``cache_size``: the chunk cache of record reads from a bucket source.
 
     Every resource goes on one exit stack the moment it is acquired, so whatever step
     fails (or however the serving ends) what was set up is undone in reverse order, once.
     """
     ready = ready or (lambda msg: None)
     mountpoint = os.path.abspath(mountpoint)
+    if interval is None:
+        interval = REMOTE_POLL_INTERVAL if is_remote(source) else POLL_INTERVAL
     import pyarrow.dataset  # noqa: F401 - imported now, not on the first directory listing
     import pyarrow.parquet  # noqa: F401
 
+    if cache_dir and is_remote(source):
+        from spacefs.engine.chunkcache import DEFAULT_SIZE
+        from spacefs.engine.remote_records import set_default_cache
+
+        set_default_cache(os.path.abspath(cache_dir), cache_size or DEFAULT_SIZE)
     with contextlib.ExitStack() as stack:
         stack.callback(log.info, "unmounted %s", mountpoint)
         tree = stack.enter_context(Tree(source))
@@ -125,7 +139,7 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
             options.add("allow_other")
         pyfuse3.init(ops, mountpoint, options)
         stack.callback(pyfuse3.close, unmount=True)
-        paths.write_state(state_path, {"pid": os.getpid(), "source": os.path.abspath(source),
+        paths.write_state(state_path, {"pid": os.getpid(), "source": normalize_location(source),
                                        "mountpoint": mountpoint, "socket": sock_path, "log": log_path,
                                        "allow_other": allow_other, "writers": control.policy.writers.names(),
                                        "trust_views": trust_views})
@@ -144,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--log", help="log file (default: stderr)")
     p.add_argument("--ready-fd", type=int, help="write 'ok' or an error line here once serving")
-    p.add_argument("--poll-interval", type=float, default=POLL_INTERVAL)
+    p.add_argument("--poll-interval", type=float, default=None)
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--cache-dir", help="chunk cache of a bucket source's record reads")
+    p.add_argument("--cache-size", type=int, help="bytes the chunk cache may hold")
     args = p.parse_args(argv)
 
     try:
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.source, args.mountpoint, allow_other=args.allow_other, allow_writes_from=args.allow_writes_from,
             trust_views=args.trust_views, limits=args.limit, ready=ready,
-            interval=args.poll_interval, log_path=args.log)
+            interval=args.poll_interval, log_path=args.log, cache_dir=args.cache_dir, cache_size=args.cache_size)
     except Exception as e:
         log.exception("the mount daemon failed")
         ready(f"error: {e}")
