@@ -49,8 +49,8 @@ def index_entry(path: str, table: pa.Table, nbytes: int, snapshot_id: int, stats
     """The manifest row of an index file holding ``table``."""
     rec_files: set[str] = set()
     for f in record_fields:
-        files = pc.unique(table.column(f).combine_chunks().field("file")).drop_null()
-        rec_files.update(files.to_pylist())
+        for chunk in table.column(f).chunks:  # not combined: that copies every reference
+            rec_files.update(pc.unique(chunk.field("file")).drop_null().to_pylist())
     row: dict[str, Any] = {
         "status": ADDED, "kind": INDEX, "path": path, "field": None, "rows": table.num_rows,
         "bytes": nbytes, "snapshot_id": snapshot_id, "rewrite": rewrite, "record_files": sorted(rec_files),
