@@ -25,10 +25,10 @@ import trio
 
 from spacefs.engine.recordpool import POOL
 
-from . import memdump, paths
+from . import memdump, opcount, paths
 from .access import Grants
 from .control import ControlServer, Limits
-from .fuse_ops import FuseOps, KernelNotifier
+from .fuse_ops import KERNEL_CAPS, FuseOps, KernelNotifier
 from .tree import Tree
 
 log = logging.getLogger("spacefs.mount")
@@ -111,6 +111,9 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
 
         control = ControlServer(source, allow_other=allow_other, writers=Grants.parse(allow_writes_from),
                                 trust_views=trust_views, on_commit=poke, limits=Limits.parse(list(limits)))
+        if opcount.enabled():
+            counts = opcount.install(ops)
+            control.diagnostics = lambda: {"fuse_ops": dict(counts)}
         run_dir = paths.prepare_mount_dir(mountpoint, shared=control.shared)
         sock_path, state_path = paths.socket_path(mountpoint), paths.state_path(mountpoint)  # before mounting
         sock = control.bind(sock_path)
@@ -119,6 +122,9 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
         options = set(pyfuse3.default_options) | {"fsname=spacefs", "subtype=spacefs", "ro", "auto_unmount"}
         if allow_other:
             options.add("allow_other")
+        if not KERNEL_CAPS:
+            log.warning("pyfuse3 lacks the project's patch (patches/README.md): the kernel will not cache "
+                        "symlink targets, so paths through current/, tags/ and branches/ are slow")
         pyfuse3.init(ops, mountpoint, options)
         stack.callback(pyfuse3.close, unmount=True)
         paths.write_state(state_path, {"pid": os.getpid(), "source": os.path.abspath(source),

@@ -48,6 +48,12 @@ SMALL_FILE = 64 << 10  # read whole at open() when it needs no disk access
 # hold ever more. Past this many, the daemon asks the kernel to drop the entries looked
 # up longest ago (they come back on the next lookup); the kernel then forgets the inodes.
 INODES_KEPT = int(os.environ.get("SPACEFS_INODES_KEPT", "16384"))
+# Read-ahead and DataLoader workers keep several reads in flight: the kernel's default
+# of 12 outstanding background requests would queue them behind each other.
+MAX_BACKGROUND = 64
+# Whether pyfuse3 carries the project's patch (patches/): the kernel caches symlink
+# targets and takes ``max_background`` from ``FuseOps``.
+KERNEL_CAPS = hasattr(pyfuse3.Operations, "enable_symlink_caching")
 
 
 class Notifier(Protocol):
@@ -200,6 +206,10 @@ class FuseOps(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
+    # Read by the patched pyfuse3 only (patches/README.md); ignored by a stock one.
+    # Link targets change only with a ref, and the tree then invalidates the link's inode.
+    enable_symlink_caching = True
+    max_background = MAX_BACKGROUND
 
     def __init__(self, tree: Tree, notifier: Notifier | None = None, threads: int = 16,
                  uid: int | None = None, gid: int | None = None):
