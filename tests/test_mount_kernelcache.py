@@ -1,0 +1,71 @@
+"""What the kernel caches for the mount, counted in the daemon (``SPACEFS_COUNT_OPS``):
+symlink targets read once however many path walks go through ``current/``, and a warm
+re-read of ``files/`` served from the kernel's caches without reads or lookups."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from mount_util import make_catalog, mounted, rows, wait_for
+
+from spacefs.mount import client
+from spacefs.mount.fuse_ops import KERNEL_CAPS
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    monkeypatch.setenv("SPACEFS_COUNT_OPS", "1")
+
+
+def ops(mnt: str) -> dict[str, int]:
+    with client.connect(mnt) as c:
+        return c.ping()["fuse_ops"]
+
+
+def test_pyfuse3_carries_the_kernel_caps_patch():
+    assert KERNEL_CAPS, "pyfuse3 was installed without patches/pyfuse3-3.5.0-kernel-caps.patch: run scripts/setup.sh"
+
+
+def test_symlink_targets_are_read_once(tmp_path, counting):
+    _, ds = make_catalog(str(tmp_path), n=60)
+    mnt = str(tmp_path / "mnt")
+    with mounted(str(tmp_path / "catalog"), mnt):
+        pets = os.path.join(mnt, "pets")
+        before = ops(mnt).get("readlink", 0)
+        for _ in range(3):
+            for i in range(60):  # each walks current -> branches/main -> ../versions/<head>
+                assert os.stat(os.path.join(pets, "current", "rows", str(i), "image")).st_size > 0
+        # Two links on the way, each read once: not once per path walk (180 walks).
+        assert ops(mnt).get("readlink", 0) - before <= 2
+
+        # A commit moves main: the cached target must not hide the new version.
+        ds.local().append(rows(range(60, 61)))
+        wait_for(lambda: os.path.exists(os.path.join(pets, "current", "rows", "60", "image")),
+                 what="current/ following the commit")
+        assert os.readlink(os.path.join(pets, "branches", "main")) == "../versions/2"
+
+
+def test_warm_reread_of_files_needs_no_reads_or_lookups(tmp_path, counting):
+    make_catalog(str(tmp_path), n=30)
+    mnt = str(tmp_path / "mnt")
+    with mounted(str(tmp_path / "catalog"), mnt):
+        files = os.path.join(mnt, "pets", "versions", "1", "files")
+
+        def epoch() -> dict[str, int]:
+            before = ops(mnt)
+            n = 0
+            for root, _, names in os.walk(files):
+                for name in names:
+                    with open(os.path.join(root, name), "rb") as f:
+                        assert f.read()
+                    n += 1
+            assert n == 30
+            after = ops(mnt)
+            return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+        cold, warm = epoch(), epoch()
+        assert cold.get("read", 0) <= 30, cold  # whole small files in one reply
+        for op in ("read", "lookup", "getattr", "readlink", "getxattr", "flush"):
+            assert warm.get(op, 0) == 0, (op, warm)
+        assert warm.get("open", 0) == 30, warm  # the one round trip a stock pyfuse3 cannot avoid
