@@ -37,6 +37,26 @@ POLL_INTERVAL = 0.25
 # Record files no read touched for this long are closed (the versions nobody reads any
 # more): a mount following commits for weeks keeps a flat number of descriptors.
 IDLE_CLOSE = float(os.environ.get("SPACEFS_IDLE_CLOSE", "60"))
+# The kernel's read-ahead for the mount, in KiB. Its default, 128, makes a sequential
+# reader cost one request per 128 KiB; at 1024 each request carries up to 1 MiB (the
+# most libfuse accepts), 8x fewer round trips. Only root may set it (sysfs).
+READ_AHEAD_KB = int(os.environ.get("SPACEFS_READ_AHEAD_KB", "1024"))
+
+
+async def set_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
+    """Set the mount's read-ahead window (``/sys/class/bdi/<dev>/read_ahead_kb``), as
+    mergerfs does. Must run once the kernel has the daemon's INIT reply (which caps it
+    at what the kernel offered): the ``stat`` of the mount point waits for that. Best
+    effort: returns whether it was set."""
+    try:
+        st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(str(kb))
+    except OSError as e:  # not root, no sysfs: the kernel's default stays
+        log.debug("read-ahead of %s left at the default: %s", mountpoint, e)
+        return False
+    return True
 
 
 async def _watch(tree: Tree, ops: FuseOps, interval: float, poke: trio.MemoryReceiveChannel) -> None:
@@ -68,9 +88,10 @@ async def _signals(on_signal: Callable[[], None]) -> None:
 
 
 async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_recv, interval: float,
-                 ready: Callable[[], None]) -> None:
+                 ready: Callable[[], None], mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
+        nursery.start_soon(set_read_ahead, mountpoint)
         nursery.start_soon(_watch, tree, ops, interval, poke_recv)
         await nursery.start(control.serve, sock)
         nursery.start_soon(_signals, pyfuse3.terminate)
@@ -133,7 +154,7 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
                                        "trust_views": trust_views})
         log.info("mounted %s at %s (control socket %s%s)", source, mountpoint, sock_path,
                  f"; writes also from {', '.join(control.policy.writers.names())}" if control.shared else "")
-        trio.run(_serve, tree, ops, control, sock, poke_recv, interval, lambda: ready("ok"))
+        trio.run(_serve, tree, ops, control, sock, poke_recv, interval, lambda: ready("ok"), mountpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
