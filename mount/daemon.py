@@ -28,7 +28,7 @@ from spacefs.engine.recordpool import POOL
 from . import memdump, opcount, paths
 from .access import Grants
 from .control import ControlServer, Limits
-from .fuse_ops import KERNEL_CAPS, FuseOps, KernelNotifier
+from .fuse_ops import KERNEL_CAPS, ZERO_MESSAGE_OPEN, FuseOps, KernelNotifier
 from .tree import Tree
 
 log = logging.getLogger("spacefs.mount")
@@ -123,7 +123,7 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
         stack.callback(log.info, "unmounted %s", mountpoint)
         tree = stack.enter_context(Tree(source))
         stack.callback(POOL.close)  # last: every record file the daemon opened
-        ops = FuseOps(tree, KernelNotifier())
+        ops = FuseOps(tree, KernelNotifier(), zero_message_open=ZERO_MESSAGE_OPEN)
         poke_send, poke_recv = trio.open_memory_channel(1)
 
         def poke() -> None:
