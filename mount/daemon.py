@@ -143,9 +143,10 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
         options = set(pyfuse3.default_options) | {"fsname=spacefs", "subtype=spacefs", "ro", "auto_unmount"}
         if allow_other:
             options.add("allow_other")
-        if not KERNEL_CAPS:
+        if not (KERNEL_CAPS and ZERO_MESSAGE_OPEN):
             log.warning("pyfuse3 lacks the project's patch (patches/README.md): the kernel will not cache "
-                        "symlink targets, so paths through current/, tags/ and branches/ are slow")
+                        "symlink targets (paths through current/, tags/ and branches/ are slow) and "
+                        "asks the daemon on every open")
         pyfuse3.init(ops, mountpoint, options)
         stack.callback(pyfuse3.close, unmount=True)
         paths.write_state(state_path, {"pid": os.getpid(), "source": os.path.abspath(source),

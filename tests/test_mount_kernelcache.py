@@ -5,13 +5,17 @@ opens, kept pages, day-long entry and attribute timeouts)."""
 
 from __future__ import annotations
 
+import errno
 import os
 
+import pyfuse3
 import pytest
-from mount_util import make_catalog, mounted, rows, wait_for
+import trio
+from mount_util import image_bytes, make_catalog, mounted, rows, wait_for
 
-from spacefs.mount import client
-from spacefs.mount.fuse_ops import KERNEL_CAPS, ZERO_MESSAGE_OPEN
+from spacefs.mount import client, fuse_ops
+from spacefs.mount.fuse_ops import KERNEL_CAPS, ZERO_MESSAGE_OPEN, FuseOps
+from spacefs.mount.tree import Tree
 
 
 @pytest.fixture
@@ -71,3 +75,32 @@ def test_warm_reread_of_files_needs_no_request_per_file(tmp_path, counting):
         assert cold.get("open", 0) <= 1, cold  # zero-message opens: the first answers ENOSYS
         # Only the listing (os.walk) reaches the daemon: files cost no request at all.
         assert set(warm) <= {"opendir", "readdir", "releasedir"}, warm
+
+
+def test_zero_message_opens_read_by_inode_within_a_bound(tmp_path, monkeypatch):
+    """Tier 2 (handlers awaited directly): ``open`` answers ENOSYS, reads come by inode,
+    read state stays within FILES_KEPT files and goes when the kernel forgets the inode."""
+    monkeypatch.setattr(fuse_ops, "FILES_KEPT", 4)
+    _, ds = make_catalog(str(tmp_path), n=10)
+    ops = FuseOps(Tree(ds.location), zero_message_open=True)
+
+    async def main():
+        inos = []
+        for i in range(10):
+            ino = pyfuse3.ROOT_INODE
+            for part in ("versions", "1", "rows", str(i), "image"):
+                ino = (await ops.lookup(ino, part.encode())).st_ino
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await ops.open(ino, os.O_RDONLY)
+            assert e.value.errno == errno.ENOSYS
+            assert await ops.read(ino, 0, 1 << 20) == image_bytes(i)
+            assert len(ops._by_inode) <= 4
+            inos.append(ino)
+        assert await ops.read(inos[0], 1, 5) == image_bytes(0)[1:6]  # evicted: made again
+        await ops.forget([(inos[0], 1)])
+        assert inos[0] not in ops._by_inode
+        with pytest.raises(pyfuse3.FUSEError) as e:  # forgotten inode: stale
+            await ops.read(inos[0], 0, 10)
+        assert e.value.errno == errno.ENOENT
+
+    trio.run(main)
