@@ -183,6 +183,8 @@ class ControlServer:
         self.owner = os.geteuid()
         self.policy = Policy(self.owner, allow_other, writers or Grants(), trust_views)
         self.on_commit = on_commit or (lambda: None)
+        # More fields for ``ping`` (the daemon's request counts when it counts them).
+        self.diagnostics: Callable[[], dict[str, Any]] = dict
         self.limits = limits or Limits()
         self.limiter = trio.CapacityLimiter(threads)
         self.sql_limiter = trio.CapacityLimiter(self.limits.sql_threads)
@@ -471,7 +473,7 @@ class ControlServer:
 @op("ping", write=False)
 async def _ping(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
     return {"protocol": proto.VERSION, "pid": os.getpid(), "uid": req.peer.uid,
-            "may_write": srv.policy.may_write(req.peer)}, b""
+            "may_write": srv.policy.may_write(req.peer), **srv.diagnostics()}, b""
 
 
 @op("datasets", write=False)
