@@ -59,14 +59,20 @@ class Predicate:
         if self.exact is not None:
             import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
 
-            col = pds.dataset(table).to_table(columns={"m": self.exact}).column("m")
+            # In the calling thread: an Acero worker still releasing a batch of numpy-backed
+            # buffers when the interpreter shuts down needs the GIL and aborts the process
+            # ("terminate called without an active exception"); one small table gains
+            # nothing from threads anyway.
+            col = pds.dataset(table).to_table(columns={"m": self.exact}, use_threads=False).column("m")
             return pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
         return _evaluate(self.filter, table.select(self.columns or []), self.what)
 
     def apply(self, table: pa.Table) -> pa.Table:
         """The matching rows of ``table``, in order."""
         if self.exact is not None:
-            return table.filter(self.exact)
+            import pyarrow.dataset as pds
+
+            return pds.dataset(table).to_table(filter=self.exact, use_threads=False)  # see mask
         return table.filter(pa.array(self.mask(table))) if table.num_rows else table
 
     def scan(self, dataset: Any, names: Sequence[str]) -> pa.Table:
