@@ -205,9 +205,7 @@ class RecordReader:
 
     def read_range(self, rel: str, offset: int, size: int, start: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[start, start+length)`` of the record at physical ``offset``."""
-        if length is None:
-            length = size - start
-        length = max(0, min(length, size - start))
+        length = clamp_length(size, start, length)
         if length == 0:
             return b""
         h = self.pool.lease(self.root, rel)
@@ -552,6 +550,12 @@ def _skip(iov: list, n: int) -> list:
         out.append(memoryview(b)[n:])
         n = 0
     return out
+
+
+def clamp_length(size: int, start: int, length: int | None) -> int:
+    """The bytes of ``[start, start+length)`` that lie within a record of ``size`` bytes
+    (to its end when ``length`` is None): what a range read of a record returns."""
+    return max(0, min(size - start if length is None else length, size - start))
 
 
 def _read_logical_into(fd: int, logical: int, out: memoryview) -> None:

@@ -21,7 +21,7 @@ from .backend import Backend, open_backend
 from .chunkcache import DEFAULT_SIZE, ChunkCache
 from .errors import UserInputError
 from .objstore import pool
-from .records import _logical, _phys, _phys_end_vec, _strip_headers
+from .records import _logical, _phys, _phys_end_vec, _strip_headers, clamp_length
 
 
 def read_records(backend: Backend, path: str, offsets: Sequence[int] | np.ndarray,
@@ -85,9 +85,7 @@ class RemoteRecordReader:
 
     def read_range(self, rel: str, offset: int, size: int, start: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[start, start+length)`` of the record at physical ``offset``."""
-        if length is None:
-            length = size - start
-        length = max(0, min(length, size - start))
+        length = clamp_length(size, start, length)
         if length == 0:
             return b""
         pos = _phys(_logical(offset) + start)  # a sub-range is a record of its own
