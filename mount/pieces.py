@@ -5,8 +5,10 @@ consecutive snapshots share almost all of theirs. What the mount needs from a fi
 computed per file: an ``IndexPiece`` (its rows as references, their ``rows/`` names and
 record references) and, per file layout, a ``FilesPiece`` (its rows' layout paths placed
 among themselves, the row written last winning within the file). A snapshot's view
-(``snapshot.SnapshotView``) combines its files' pieces with C-speed dict and list
-operations, so walking many versions costs the change between them, not their size.
+(``snapshot.SnapshotView``) looks names and paths up in its files' pieces (sorted names,
+the pieces' path dicts) and finds names or paths two files share by the pieces' string
+hashes, so walking many versions costs the change between them, not their size, in
+time and in memory.
 
 ``BUILDS`` counts the pieces built (tests check they follow the distinct files, not
 versions times files).
@@ -80,8 +82,9 @@ class IndexPiece:
         by = _stable_order(self.names)
         self.sorted_rows = by
         self.sorted_names: list[str] = [self.names[i] for i in by.tolist()]
-        # (process-local string hashes: snapshots find names shared by files in C)
-        self.hashes = name_hashes(self.names)
+        # (process-local string hashes, sorted: snapshots find names shared by files in C,
+        # merging these runs)
+        self.hashes = np.sort(name_hashes(self.names))
         self.nbytes = (_INDEX_FIXED + t.get_total_buffer_size() + _strings_bytes(self.names)
                        + sys.getsizeof(self.sorted_names)
                        + by.nbytes + self.hashes.nbytes
@@ -118,7 +121,7 @@ class FilesPiece:
         self.index: FilesIndex = place(self.paths, range(piece.n))
         self.file_paths = list(self.index.files)
         self.file_rows = np.fromiter(self.index.files.values(), dtype=np.int64, count=len(self.file_paths))
-        self.file_hashes = name_hashes(self.file_paths)
+        self.file_hashes = np.sort(name_hashes(self.file_paths))
         self.dir_hashes = name_hashes([d for d in self.index.dirs if d])
         # per directory, where its subdirectory entries are (a snapshot lists each once)
         self.subdirs: dict[str, list[int]] = {}

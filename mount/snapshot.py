@@ -4,8 +4,12 @@ A ``SnapshotView`` is built once per (dataset, snapshot) (its layout is its own)
 Parquet files alone (references, as ``reference_read=True`` reads them): record fields
 stay references, so the view knows every file's exact size and where its bytes lie
 without reading a record. The per-file work lives in pieces (``pieces``) shared between
-snapshots; a view combines them. Snapshots never change, so a view never needs
-invalidating; the tree keeps views and pieces in one cache bounded by memory (``memlru``).
+snapshots; a view answers from them (a name from the newest piece holding it, a path
+from the one piece holding it) and holds only what differs: the names of its small
+files and the rows a later row took the name or path of, so a view costs its change,
+not its rows, and many versions fit in the cache. Snapshots never change, so a view
+never needs invalidating; the tree keeps views and pieces in one cache bounded by
+memory (``memlru``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from spacefs.engine.layout import FilesIndex, place
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Storage
 
-from .pieces import FilesPiece, IndexPiece, PieceSource
+from .pieces import FilesPiece, IndexPiece, PieceSource, name_hashes
 from .recread import DECODED, INLINE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
@@ -296,8 +300,8 @@ def name_losers(pieces: list[IndexPiece], starts: list[int], order: list[int]) -
     only rows whose hash repeats are compared as strings."""
     if not pieces:
         return _EMPTY, 0
-    h = pieces[0].hashes if len(pieces) == 1 else np.concatenate([p.hashes for p in pieces])
-    s = np.sort(h)
+    # (each piece's hashes are sorted: a stable sort merges the runs)
+    s = pieces[0].hashes if len(pieces) == 1 else np.sort(np.concatenate([p.hashes for p in pieces]), kind="stable")
     same = s[1:] == s[:-1]
     if not same.any():
         return _EMPTY, 0
@@ -307,7 +311,7 @@ def name_losers(pieces: list[IndexPiece], starts: list[int], order: list[int]) -
     losers = []
     for i in order:  # write order: the row written last keeps the name
         p = pieces[i]
-        for r in np.flatnonzero(np.isin(p.hashes, cand)).tolist():
+        for r in np.flatnonzero(np.isin(name_hashes(p.names), cand)).tolist():
             name = p.names[r]
             seen[name] += 1
             prev = last.get(name)
@@ -419,14 +423,15 @@ class _Entries(Sequence):
 def _paths_meet(fps: list[FilesPiece]) -> bool:
     """Whether two files' rows take the same path, or one's file is another's directory
     (hashes first, in C; candidates compared as strings)."""
-    fh = np.sort(np.concatenate([f.file_hashes for f in fps]))
-    cand = fh[1:][fh[1:] == fh[:-1]]
-    cand = np.union1d(cand, np.intersect1d(fh, np.concatenate([f.dir_hashes for f in fps])))
+    fh = np.sort(np.concatenate([f.file_hashes for f in fps]), kind="stable")  # (sorted runs: merged)
+    dh = np.unique(np.concatenate([f.dir_hashes for f in fps]))
+    at = np.minimum(np.searchsorted(fh, dh), max(len(fh) - 1, 0))
+    cand = np.union1d(fh[1:][fh[1:] == fh[:-1]], dh[fh[at] == dh] if len(fh) else dh[:0])
     if not len(cand):
         return False
     files: set[str] = set()
     for f in fps:
-        for j in np.flatnonzero(np.isin(f.file_hashes, cand)).tolist():
+        for j in np.flatnonzero(np.isin(name_hashes(f.file_paths), cand)).tolist():
             p = f.file_paths[j]
             if p in files:
                 return True
