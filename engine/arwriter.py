@@ -5,17 +5,21 @@ records most of an append went into making those objects. An uncompressed ArrayR
 file is simple to lay out ourselves (Riegeli blocks of 64 KiB, each opening with a
 24-byte block header; a file signature chunk; simple chunks holding a varint size table
 and the record bytes; the ArrayRecord footer chunk listing every chunk's offset; a
-postscript chunk in the last block). We build each chunk in one buffer copied from the
-Arrow values and hand the pieces to ``writev``; every record's physical offset falls out
-of the layout, so no second pass over the file is needed.
+postscript chunk in the last block). Each chunk goes to ``pwritev`` as its pieces (its
+header, the size table, and the Arrow value bytes themselves: the blob column is never
+copied in user space); every record's physical offset falls out of the layout, so no
+second pass over the file is needed.
 
 Riegeli checks every header and chunk with HighwayHash-64 under a fixed key. The only
 fast implementation at hand is the one compiled into ``array_record``'s own extension
 (SIMD, ~10 GB/s; the PyPI package ``highwayhash-cffi`` is portable C at ~0.75 GB/s and
 unmaintained). We call riegeli's ``Hash(string_view)`` there by address, found in the
 extension's ELF symbol table, and only after it reproduces known hashes from a file that
-``ArrayRecordWriter`` wrote. When any step fails (stripped build, other ABI, other
-platform) ``writer_available()`` is False and callers keep using ``ArrayRecordWriter``.
+``ArrayRecordWriter`` wrote. A chunk's data hash is taken over its pieces with
+highwayhash's ``HighwayHashCat`` from the same extension (what riegeli's ``Hash(Chain)``
+uses), once it agrees with ``Hash`` on random splits; without it the pieces are joined
+first. When any step fails (stripped build, other ABI, other platform)
+``writer_available()`` is False and callers keep using ``ArrayRecordWriter``.
 The files are identical byte for byte to ``ArrayRecordWriter``'s with the same group
 size (``tests/test_arwriter.py`` compares them).
 """
@@ -40,6 +44,13 @@ CHUNK_HEADER = 40
 MAGIC = 0x71930E704FDAE05E  # ArrayRecord's postscript magic
 _HASH_SYMBOL = b"_ZN7riegeli23chunk_encoding_internal4HashESt17basic_string_viewIcSt11char_traitsIcEE"
 _ANCHOR_SYMBOL = b"PyInit_array_record_module"
+# riegeli's key and highwayhash's pieces for hashing a sequence of fragments (what
+# riegeli's ``Hash(const Chain&)`` does): a chunk is hashed straight from its pieces
+# (size table, Arrow value bytes) instead of first being copied into one buffer.
+_KEY_SYMBOL = b"_ZN7riegeli23chunk_encoding_internal12_GLOBAL__N_1L8kHashKeyE"
+_SUPPORTED_SYMBOL = b"_ZN11highwayhash15InstructionSets9SupportedEv"
+_CAT_SYMBOLS = {bits: f"_ZNK11highwayhash14HighwayHashCatILj{bits}EEclERA4_KmPKNS_10StringViewEmPm".encode()
+                for bits in (4, 2, 1)}  # AVX2, SSE4.1, portable: the bits of Supported()
 # Known answers, read from files written by ArrayRecordWriter: Hash("") is the data hash
 # of the file signature chunk, and the second is the hash of its header's last 32 bytes.
 _KNOWN = [(b"", 0x72C3B1E9C0139FE1),
@@ -48,6 +59,7 @@ _IOV_MAX = 1000
 
 _lock = threading.Lock()
 _hash_fn: Callable[[int, int], int] | None = None
+_cat_fn: Callable[[np.ndarray], int] | None = None
 _resolved = False
 
 
@@ -79,40 +91,91 @@ def _symbols(path: str, names: list[bytes]) -> dict[bytes, int]:
     return out
 
 
-def _resolve() -> Callable[[int, int], int] | None:
-    """riegeli's HighwayHash inside the loaded array_record extension, verified."""
+def _resolve() -> tuple[Callable[[int, int], int] | None, Callable[[np.ndarray], int] | None]:
+    """riegeli's HighwayHash inside the loaded array_record extension, verified; and the
+    fragment hash beside it when it reproduces the first (else None: chunks are copied
+    into one buffer to be hashed)."""
     if sys.platform != "linux" or sys.byteorder != "little" or struct.calcsize("P") != 8:
-        return None
+        return None, None
     try:
         from array_record.python import array_record_module as mod
 
         path = mod.__file__
-        syms = _symbols(path, [_HASH_SYMBOL, _ANCHOR_SYMBOL])
-        if len(syms) != 2:
-            return None
+        syms = _symbols(path, [_HASH_SYMBOL, _ANCHOR_SYMBOL, _KEY_SYMBOL, _SUPPORTED_SYMBOL, *_CAT_SYMBOLS.values()])
+        if _HASH_SYMBOL not in syms or _ANCHOR_SYMBOL not in syms:
+            return None, None
         lib = ctypes.CDLL(path)  # the already loaded object: dlopen returns its handle
         anchor = ctypes.cast(getattr(lib, _ANCHOR_SYMBOL.decode()), ctypes.c_void_p).value
         if anchor is None:
-            return None
+            return None, None
         bias = anchor - syms[_ANCHOR_SYMBOL]
         # A string_view is passed by value in two registers: (size, pointer).
         fn = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p)(bias + syms[_HASH_SYMBOL])
         for text, want in _KNOWN:
             buf = ctypes.create_string_buffer(text, max(len(text), 1))
             if fn(len(text), ctypes.addressof(buf)) != want:
-                return None
-        return lambda addr, n: fn(n, addr)
+                return None, None
+        one = lambda addr, n: fn(n, addr)  # noqa: E731
+        return one, _resolve_cat(syms, bias, one)
     except (OSError, AttributeError, ImportError, ValueError, struct.error):
+        return None, None
+
+
+def _resolve_cat(syms: dict[bytes, int], bias: int, one: Callable[[int, int], int]) -> Callable[[np.ndarray], int] | None:
+    """``HighwayHashCat<target>`` for this CPU, as ``f(fragments) -> hash`` where
+    ``fragments`` is a uint64 array of (address, size) rows; None unless it gives the
+    same hashes as ``one`` over random splits of random data."""
+    if not all(s in syms for s in (_KEY_SYMBOL, _SUPPORTED_SYMBOL, *_CAT_SYMBOLS.values())):
         return None
+    supported = ctypes.CFUNCTYPE(ctypes.c_uint32)(bias + syms[_SUPPORTED_SYMBOL])()
+    bits = next((b for b in _CAT_SYMBOLS if supported & b), None)
+    if bits is None:
+        return None
+    # A const member function of an empty struct: (this, key, fragments, count, result).
+    cat = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                           ctypes.c_void_p)(bias + syms[_CAT_SYMBOLS[bits]])
+    key = bias + syms[_KEY_SYMBOL]
+    this = ctypes.create_string_buffer(8)
+    this_addr = ctypes.addressof(this)
+
+    def hash_fragments(frags: np.ndarray) -> int:
+        out = ctypes.c_uint64(0)
+        cat(this_addr, key, frags.ctypes.data, len(frags), ctypes.addressof(out))
+        return out.value
+
+    hash_fragments.keep = this  # type: ignore[attr-defined]  # the buffer lives with the function
+    rng = np.random.default_rng(5)
+    for size in (0, 1, 31, 32, 33, 1000, 70_000):
+        data = np.frombuffer(rng.bytes(size) or b"\0", dtype=np.uint8)[:size]
+        cuts = np.sort(rng.integers(0, size + 1, 3))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, size], strict=True) if b > a]
+        frags = np.array([(p.ctypes.data, len(p)) for p in parts], dtype=np.uint64).reshape(-1, 2)
+        whole = one(data.ctypes.data if size else ctypes.addressof(_EMPTY), size)
+        if hash_fragments(frags) != whole:
+            return None
+    return hash_fragments
 
 
 def _hasher() -> Callable[[int, int], int] | None:
-    global _hash_fn, _resolved
+    global _hash_fn, _cat_fn, _resolved
+    if _resolved:  # called per block header: no lock once settled
+        return _hash_fn
     with _lock:
         if not _resolved:
-            _hash_fn = None if os.environ.get("SPACEFS_ARWRITER") == "0" else _resolve()
+            if os.environ.get("SPACEFS_ARWRITER") != "0":
+                _hash_fn, _cat_fn = _resolve()
             _resolved = True
         return _hash_fn
+
+
+def _hash_pieces(pieces: list[np.ndarray]) -> int:
+    """The hash of the concatenation of ``pieces`` (uint8 arrays), without making it
+    where the fragment hash is available."""
+    _hasher()
+    pieces = [p for p in pieces if len(p)]
+    if _cat_fn is not None:
+        return _cat_fn(np.array([(p.ctypes.data, len(p)) for p in pieces], dtype=np.uint64).reshape(-1, 2))
+    return _hash_bytes(np.concatenate(pieces) if pieces else np.zeros(0, np.uint8))
 
 
 def writer_available() -> bool:
@@ -123,6 +186,8 @@ def writer_available() -> bool:
 def _hash_bytes(b: bytes | bytearray | np.ndarray) -> int:
     fn = _hasher()
     assert fn is not None
+    if isinstance(b, bytes):  # ctypes passes a bytes object's buffer: ~20x cheaper than numpy's
+        return fn(b, len(b))  # type: ignore[arg-type]
     arr = np.frombuffer(b, dtype=np.uint8) if not isinstance(b, np.ndarray) else b
     return fn(arr.ctypes.data if len(arr) else ctypes.addressof(_EMPTY), len(arr))
 
@@ -192,17 +257,16 @@ class _ChunkOut:
         self.at = begin  # where the pending pieces go
         self.iov: list[memoryview | bytes] = []
 
-    def write(self, data: np.ndarray | bytes, ctype: str, nrec: int, decoded: int) -> None:
-        size = len(data)
-        if isinstance(data, np.ndarray):
-            fn = _hasher()
-            assert fn is not None
-            dhash = fn(data.ctypes.data, size) if size else _KNOWN[0][1]
-        else:
-            dhash = _hash_bytes(data)
+    def write(self, data: np.ndarray | bytes | list[np.ndarray], ctype: str, nrec: int, decoded: int) -> None:
+        """Write a chunk whose data is ``data``, or the concatenation of its pieces (they
+        go out as they are: Arrow's value bytes are neither copied nor joined)."""
+        pieces = data if isinstance(data, list) else [np.frombuffer(data, dtype=np.uint8)]
+        size = sum(len(p) for p in pieces)
+        dhash = _hash_pieces(pieces)
         tail = struct.pack("<QQQQ", size, dhash, ord(ctype) | (nrec << 8), decoded)
         self._emit(struct.pack("<Q", _hash_bytes(tail)) + tail)
-        self._emit(memoryview(data))
+        for piece in pieces:
+            self._emit(memoryview(piece))
         while self.pos < self.end:  # zero padding (records cannot share a position)
             if self.pos % BLOCK == 0:
                 self._block_header()
@@ -243,9 +307,11 @@ class _ChunkOut:
                 iov[0] = memoryview(iov[0])[n:]
 
 
-def _write_chunk(fd: int, begin: int, data: np.ndarray | bytes, ctype: str, nrec: int, decoded: int) -> int:
-    """Write a chunk at ``begin``; return its end."""
-    end = _chunk_end(begin, len(data), nrec)
+def _write_chunk(fd: int, begin: int, data: np.ndarray | bytes | list[np.ndarray], ctype: str, nrec: int,
+                 decoded: int) -> int:
+    """Write a chunk at ``begin`` (its data in one piece or several); return its end."""
+    size = sum(len(p) for p in data) if isinstance(data, list) else len(data)
+    end = _chunk_end(begin, size, nrec)
     _ChunkOut(fd, begin, end).write(data, ctype, nrec, decoded)
     return end
 
@@ -311,11 +377,7 @@ def write_uncompressed(path: str, values: pa.Array, group: int, threads: int = 2
 
     def run(job: tuple) -> None:
         begin, head, e0, e1, v0, v1, count = job
-        buf = np.empty(len(head) + e1 - e0 + v1 - v0, dtype=np.uint8)
-        buf[: len(head)] = np.frombuffer(head, np.uint8)
-        buf[len(head) : len(head) + e1 - e0] = enc[e0:e1]
-        buf[len(head) + e1 - e0 :] = data[v0:v1]
-        _write_chunk(fd, begin, buf, "r", count, v1 - v0)
+        _write_chunk(fd, begin, [np.frombuffer(head, np.uint8), enc[e0:e1], data[v0:v1]], "r", count, v1 - v0)
 
     try:
         _write_chunk(fd, 0, b"", "s", 0, 0)  # file signature

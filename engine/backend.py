@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -105,6 +106,11 @@ class Backend(Protocol):
     def list_paths(self, prefix: str, start_after: str | None = None) -> list[str]:
         """Relative paths of the files under ``prefix`` (recursive), sorted; only those
         after ``start_after`` if given. Staged temporary files are left out."""
+        ...
+
+    def list_stats(self, prefix: str) -> list[tuple[str, int, float]]:
+        """``(path, size, modification time)`` of the files under ``prefix``, sorted:
+        what vacuum needs to find old unreferenced files."""
         ...
 
     def delete(self, paths: Iterable[str]) -> None:
@@ -241,6 +247,16 @@ class LocalBackend:
                     out.append(rel)
         return sorted(out)
 
+    def list_stats(self, prefix: str) -> list[tuple[str, int, float]]:
+        out = []
+        for rel in self.list_paths(prefix):
+            try:
+                st = os.lstat(self._abs(rel))
+            except FileNotFoundError:
+                continue
+            out.append((rel, st.st_size, st.st_mtime))
+        return out
+
     def delete(self, paths: Iterable[str]) -> None:
         for p in paths:
             try:
@@ -295,3 +311,42 @@ def backend_for(location: str, storage_options: dict[str, Any] | None = None) ->
 
         return S3Backend(location, storage_options)
     raise UserInputError(f"unsupported storage location {location!r}: use a directory or s3://bucket/prefix")
+
+
+_REMOTE: dict[str, Backend] = {}
+_REMOTE_LOCK = threading.Lock()
+
+
+def open_backend(location: str, storage_options: dict[str, Any] | None = None) -> Backend:
+    """``backend_for``, remembering remote backends by location for this process.
+
+    A dataset opened with ``storage_options`` is later read by code that only knows its
+    location (index reads, record readers, view sources): they get the same backend, hence
+    the same options, which are kept in memory only, never on disk. Options given again
+    replace the remembered ones; a location never opened with options uses the standard
+    AWS variables. Bounded by the number of distinct bucket locations a process opens.
+    """
+    if not is_remote(str(location)):
+        return backend_for(location)
+    uri = str(location).rstrip("/")
+    with _REMOTE_LOCK:
+        b = _REMOTE.get(uri)
+        if b is None or (storage_options is not None and b.storage_options != dict(storage_options)):
+            b = _REMOTE[uri] = backend_for(uri, storage_options)
+        return b
+
+
+def portable_backends() -> list[Backend]:
+    """The remote backends this process opened, with the settings of its environment
+    folded in: what a Ray task needs to read and write the same buckets."""
+    with _REMOTE_LOCK:
+        backends = list(_REMOTE.values())
+    return [b.portable() for b in backends]
+
+
+def register_backend(backend: Backend) -> None:
+    """Make ``backend`` the one ``open_backend`` returns for its location in this process
+    (a Ray task registers the backends its driver read through)."""
+    if backend.local_path("") is None:
+        with _REMOTE_LOCK:
+            _REMOTE[backend.uri] = backend

@@ -81,12 +81,12 @@ def chain_changes(st: Storage, base: int, tip: int) -> ChainChanges:
     for i, sid in enumerate(snapshot_chain(st, base, tip)):
         rel = st.snapshot(sid).get("deleted")
         if rel:
-            d = _read(st.full_path(rel))
+            d = _read(st, rel)
             if d.column_names == schema.names:  # the removed rows whole
                 olds.append(_with_seq(d.cast(schema), 2 * i))
             dels.append(_with_seq(d.select(pk), 2 * i).cast(key_schema))
         for path in _added_files(st, sid):
-            adds.append(_with_seq(_read(st.full_path(path), schema), 2 * i + 1))
+            adds.append(_with_seq(_read(st, path, schema), 2 * i + 1))
     full_schema = schema.append(seq_field)
     added = pa.concat_tables(adds) if adds else full_schema.empty_table()
     removed = pa.concat_tables(olds) if olds else full_schema.empty_table()
@@ -129,14 +129,14 @@ def _rows_at(pk: list[str], rows: pa.Table, wanted: pa.Table, schema: pa.Schema)
     return rows.take(pa.array(i)).drop_columns([SEQ])
 
 
-def _read(path: str, schema: pa.Schema | None = None) -> pa.Table:
+def _read(st: Storage, rel: str, schema: pa.Schema | None = None) -> pa.Table:
     """A small change record (a changes file, an added index file) whole, read in this
     thread: the dataset layer's set-up and thread hand-offs cost more than the read.
     Files without ``schema``'s columns (written before a schema change) go through the
     dataset layer, which fills in the missing ones."""
-    pf = pq.ParquetFile(path)
+    pf = st.files.parquet_file(rel)
     if schema is not None and pf.schema_arrow.names != schema.names:
-        return pq.read_table(path, schema=schema)
+        return st.files.read_table(rel, schema=schema)
     t = pf.read(use_threads=False)
     return t if schema is None or t.schema == schema else t.cast(schema)
 
@@ -197,7 +197,7 @@ def _lookup(st: Storage, sid: int, keys: pa.Table) -> pa.Table:
     the key columns read first, whole rows only from the row groups holding a match."""
     from .writes import key_filter
 
-    paths = [st.full_path(e["path"]) for e in st.index_entries(sid, key_filter(keys))]
+    paths = [e["path"] for e in st.index_entries(sid, key_filter(keys))]
     if len(paths) > 1:
         with ThreadPoolExecutor(min(LOOKUP_THREADS, len(paths))) as ex:
             found = list(ex.map(lambda p: _lookup_file(st, p, keys), paths))
@@ -221,10 +221,10 @@ def _lookup_file(st: Storage, path: str, keys: pa.Table) -> pa.Table | None:
     from .writes import dictionary_columns, key_mask
 
     pk = st.primary_keys
-    pf = pq.ParquetFile(path)
+    pf = st.files.parquet_file(path)
     if pf.schema_arrow.names != st.index_schema.names:
         # Written before a schema change: let the dataset layer fill missing columns.
-        t = pq.read_table(path, schema=st.index_schema)
+        t = st.files.read_table(path, schema=st.index_schema)
         return t.filter(pa.array(key_mask(t.select(pk), keys)))
     md = pf.metadata
     groups = _candidate_groups(md, pk, keys)
@@ -237,7 +237,7 @@ def _lookup_file(st: Storage, path: str, keys: pa.Table) -> pa.Table | None:
     rest = [n for n in st.index_schema.names if n not in pk]
     leaves = {c.path for c in pf.schema}
     wanted = [c for c in dictionary_columns(st) if c in leaves]
-    dpf = pq.ParquetFile(path, metadata=md, read_dictionary=wanted) if rest and wanted else pf
+    dpf = st.files.parquet_file(path, metadata=md, read_dictionary=wanted) if rest and wanted else pf
     starts = np.cumsum([0] + [md.row_group(g).num_rows for g in groups])
     key_parts, rest_parts = [], []
     for i, g in enumerate(groups):

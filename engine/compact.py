@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import format as fmt
 from .manifest import INDEX, RECORD
 from .options import FileOptions
 from .reads import resolve_records
@@ -92,8 +91,7 @@ def _groups(st: Storage, sid: int, max_rows: int) -> Iterator[pa.Table]:
         rec_bytes = np.append(rec.column("bytes").to_numpy(zero_copy_only=False), 0)
         at = pc.fill_null(at, len(rec_bytes) - 1).to_numpy(zero_copy_only=False)
         np.add.at(bytes_of, pc.list_parent_indices(files).to_numpy(zero_copy_only=False), rec_bytes[at])
-    root = st.location
-    paths = [fmt.data_path(root, rel) for rel in idx.column("path").to_pylist()]
+    paths = idx.column("path").to_pylist()
     group: list[str] = []
     rows = nbytes = 0
     reader = RecordReader(st.location)
@@ -122,7 +120,11 @@ def _read_index(st: Storage, paths: list[str]) -> pa.Table:
     """
     small: list[pa.Table] = []
     large: list[str] = []
-    for p in paths:
+    if st.remote:  # a bucket: each file whole with one GET
+        small = [st.files.read_table(p) for p in paths]
+        paths = []
+    for rel in paths:
+        p = st.full_path(rel)
         fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size

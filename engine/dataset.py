@@ -38,32 +38,38 @@ class Dataset:
     # -- lifecycle -------------------------------------------------------------
     @classmethod
     def create(cls, location: str, schema: pa.Schema, primary_keys: Sequence[str],
-               record_fields: Sequence[str] | None = None, file_layout: dict[str, str] | None = None) -> Dataset:
+               record_fields: Sequence[str] | None = None, file_layout: dict[str, str] | None = None,
+               storage_options: dict[str, Any] | None = None) -> Dataset:
         """Create an empty dataset (snapshot 0) in the new directory ``location``.
 
         Args:
-            location: directory to create; it must not exist yet (or be empty).
+            location: directory to create; it must not exist yet (or be empty). Or
+                ``s3://bucket/prefix`` on any S3-compatible store (OBJECTSTORE.md).
             schema: the Arrow schema of every row.
             primary_keys: field(s) whose values identify a row (insert, upsert, delete, diff).
             record_fields: binary fields stored in ArrayRecord files rather than Parquet.
             file_layout: how rows appear as files in the mount, e.g.
                 ``{"path": "{label}/{name}", "content": "image"}`` (see ``set_file_layout``).
+            storage_options: settings of a bucket's client (``endpoint``, ``region``,
+                ``aws_access_key_id``, ...) overriding the standard AWS variables; kept in
+                this process's memory only, never stored.
 
         Raises:
             AlreadyExistsError: a dataset already exists at ``location``.
             UserInputError: a key or record field is not in the schema, or has a wrong type.
         """
         return cls(Storage.create(str(location), schema, list(primary_keys) if not isinstance(primary_keys, str) else [primary_keys],
-                                  list(record_fields or []), file_layout))
+                                  list(record_fields or []), file_layout, storage_options=storage_options))
 
     @classmethod
-    def load(cls, location: str) -> Dataset:
-        """Open the existing dataset (or materialized view) at ``location``.
+    def load(cls, location: str, storage_options: dict[str, Any] | None = None) -> Dataset:
+        """Open the existing dataset (or materialized view) at ``location`` (a directory
+        or ``s3://bucket/prefix``; ``storage_options`` as in ``create``).
 
         Raises:
             NotFoundError: there is no dataset at ``location``.
         """
-        storage = Storage(str(location))
+        storage = Storage(str(location), storage_options)
         if storage.kind == "mv":
             from .mv import MaterializedView
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .errors import SnapshotExpiredError, UserInputError
 from .manifest import ADDED, INDEX
@@ -61,7 +60,7 @@ def diff(storage: Storage, start: Version, end: Version, branch: str = "main",
             if snap.get("deleted"):
                 # Key columns only: a changes file may hold the removed rows whole.
                 yield ChangeData(sid, ChangeType.DELETE,
-                                 pq.read_table(storage.full_path(snap["deleted"]), columns=storage.primary_keys))
+                                 storage.files.read_table(snap["deleted"], columns=storage.primary_keys))
             if not snap.get("delta"):
                 continue
             d = storage.manifests.read(snap["delta"])

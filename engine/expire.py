@@ -24,7 +24,6 @@ Decisions:
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -125,11 +124,7 @@ def expire_snapshots(storage: Storage, older_than: timedelta | str, apply: bool 
     if entry is None:
         return ExpireReport(applied=True)
     files, nbytes = _removable(st, entry.last_snapshot_id, ExpiredSet.of(entry.settings), chosen)
-    for rel in files:
-        try:
-            os.unlink(st.full_path(rel))
-        except FileNotFoundError:
-            pass
+    st.files.remove(files)
     return ExpireReport(list(chosen), files, nbytes, applied=True)
 
 
@@ -147,7 +142,7 @@ def _removable(st: Storage, last: int, gone: ExpiredSet, ids: list[int]) -> tupl
     files, nbytes = [], 0
     for rel in sorted(maybe - keep):
         try:
-            nbytes += os.path.getsize(st.full_path(rel))
+            nbytes += st.files.size(rel)
         except FileNotFoundError:
             continue
         files.append(rel)

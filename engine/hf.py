@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .backend import is_remote
 from .errors import SchemaError, UserInputError
 from .reads import resolve_fields
 from .storage import Version
@@ -199,7 +200,8 @@ def from_huggingface(hf_dataset: Any, location: str, primary_keys: Sequence[str]
     if unknown:
         raise SchemaError(f"record fields {unknown} are not columns of the HuggingFace dataset ({hf_schema.names})")
     schema = _storage_schema(hf_schema, features, record_fields, json.dumps(features.to_dict()).encode())
-    location = os.path.abspath(os.fspath(location))
+    location = os.fspath(location)
+    location = location if is_remote(location) else os.path.abspath(location)
     ds = Dataset.create(location, schema, primary_keys, record_fields)
 
     def tables() -> Iterator[pa.Table]:

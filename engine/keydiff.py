@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .manifest import INDEX
 from .records import RecordReader
@@ -51,7 +50,7 @@ def index_files(storage: Storage, sid: int) -> dict[str, dict[str, Any]]:
 def read_index_rows(storage: Storage, paths: list[str]) -> pa.Table:
     if not paths:
         return storage.index_schema.empty_table()
-    return pa.concat_tables([pq.read_table(storage.full_path(p), schema=storage.index_schema) for p in paths])
+    return pa.concat_tables([storage.files.read_table(p, schema=storage.index_schema) for p in paths])
 
 
 def row_changes(storage: Storage, a: int, b: int, reader: RecordReader | None = None) -> RowChanges:

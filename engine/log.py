@@ -58,6 +58,11 @@ class Entry:
         return self.doc.get("settings", {})
 
 
+def encode_entry(doc: dict[str, Any]) -> bytes:
+    """The bytes of a log entry (and of its snapshot copy): one encoding everywhere."""
+    return json.dumps(doc, sort_keys=True).encode()
+
+
 def _name(seq: int) -> str:
     return f"{seq:0{SEQ_DIGITS}d}.json"
 
@@ -131,7 +136,7 @@ class MetadataLog:
     def try_publish(self, doc: dict[str, Any]) -> bool:
         """Publish ``doc`` as entry ``doc['seq']``; False if another writer got there first."""
         seq = doc["seq"]
-        if not self.backend.put_if_absent(fmt.log_entry(seq), json.dumps(doc, sort_keys=True).encode(), sync=self.sync,
+        if not self.backend.put_if_absent(fmt.log_entry(seq), encode_entry(doc), sync=self.sync,
                                           before_publish=lambda: failpoints.hit("commit:before_publish")):
             return False
         failpoints.hit("commit:after_publish")

@@ -10,7 +10,6 @@ O(log n) rows: its cost grows with the change, not with the history.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,9 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import format as fmt
+from .backend import LocalBackend
+from .datafiles import DataFiles
 
 ADDED, REMOVED = 1, -1
 INDEX, RECORD = "index", "record"
@@ -49,8 +49,8 @@ def index_entry(path: str, table: pa.Table, nbytes: int, snapshot_id: int, stats
     """The manifest row of an index file holding ``table``."""
     rec_files: set[str] = set()
     for f in record_fields:
-        files = pc.unique(table.column(f).combine_chunks().field("file")).drop_null()
-        rec_files.update(files.to_pylist())
+        for chunk in table.column(f).chunks:  # not combined: that copies every reference
+            rec_files.update(pc.unique(chunk.field("file")).drop_null().to_pylist())
     row: dict[str, Any] = {
         "status": ADDED, "kind": INDEX, "path": path, "field": None, "rows": table.num_rows,
         "bytes": nbytes, "snapshot_id": snapshot_id, "rewrite": rewrite, "record_files": sorted(rec_files),
@@ -83,8 +83,9 @@ def removal(entry: dict[str, Any]) -> dict[str, Any]:
 class ManifestStore:
     """Writes manifests of one dataset and caches them (they never change)."""
 
-    def __init__(self, root: str, schema: pa.Schema, cache_size: int = 64):
+    def __init__(self, root: str, schema: pa.Schema, cache_size: int = 64, files: DataFiles | None = None):
         self.root = root
+        self.files = files or DataFiles(LocalBackend(root))  # where the Parquet files live
         self.schema = schema
         self._cache: OrderedDict[str, pa.Table] = OrderedDict()
         self._lock = threading.Lock()
@@ -93,7 +94,7 @@ class ManifestStore:
     def write(self, rows: list[dict[str, Any]] | pa.Table) -> dict[str, Any]:
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=self.schema)
         rel = fmt.new_manifest()
-        pq.write_table(table, os.path.join(self.root, rel), compression="zstd")
+        self.files.write_table(table, rel, compression="zstd")
         self._put(rel, table)
         return {"path": rel, "entries": table.num_rows}
 
@@ -113,7 +114,7 @@ class ManifestStore:
             if t is not None:
                 self._cache.move_to_end(rel)
                 return t
-        t = pq.read_table(os.path.join(self.root, rel), schema=self.schema)
+        t = self.files.read_table(rel, schema=self.schema)
         self._put(rel, t)
         return t
 
@@ -154,10 +155,7 @@ class ManifestStore:
         """Remove a manifest this process wrote and nothing references."""
         with self._lock:
             self._cache.pop(rel, None)
-        try:
-            os.unlink(os.path.join(self.root, rel))
-        except FileNotFoundError:
-            pass
+        self.files.remove([rel])
 
 
 def cancel(t: pa.Table) -> pa.Table:

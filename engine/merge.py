@@ -38,7 +38,7 @@ from .log import Entry
 from .manifest import RECORD
 from .options import FileOptions
 from .records import RecordReader
-from .storage import Plan, Storage, Version, _unlink
+from .storage import Plan, Storage, Version
 from .types import JobResult
 from .writes import FileWriter, RowRemover, key_filter, key_mask
 
@@ -179,8 +179,7 @@ def plan_merge(st: Storage, t: RowChanges, o: RowChanges, ours: int, theirs: int
             p.added += _missing_records(st, ours, theirs, entry.get("record_files") or [])
     except BaseException:
         writer.cleanup()
-        for rel in p.temp_files:
-            _unlink(st.full_path(rel))
+        st.files.remove(p.temp_files)
         raise
     return p
 

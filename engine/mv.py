@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from . import format as fmt
+from .backend import is_remote
 from .dataset import Dataset
 from .errors import CorruptionError, NotFoundError, UserInputError
 from .options import FileOptions, RayOptions
@@ -41,6 +42,14 @@ DEFINITION = fmt.VIEW_DEFINITION
 _SOURCE_TAG = "spacefs-source"
 
 
+def source_ref(source: str, mv_location: str) -> str:
+    """How an MV names a source: relative to the MV between directories (the pair moves
+    together), as is when either lives in a bucket (a path relative to a URI means nothing)."""
+    if is_remote(source) or is_remote(mv_location):
+        return source
+    return os.path.relpath(source, mv_location)
+
+
 def dump_view(view: View, mv_location: str) -> bytes:
     """Pickle ``view``, its sources as paths relative to ``mv_location``."""
     from .views import Source
@@ -48,7 +57,7 @@ def dump_view(view: View, mv_location: str) -> bytes:
     class Pickler(cloudpickle.Pickler):
         def persistent_id(self, obj: Any) -> Any:
             if isinstance(obj, Source):
-                return (_SOURCE_TAG, os.path.relpath(obj.location, mv_location), obj.branch)
+                return (_SOURCE_TAG, source_ref(obj.location, mv_location), obj.branch)
             return None
 
     buf = io.BytesIO()
@@ -64,7 +73,7 @@ def load_view(data: bytes, mv_location: str) -> View:
             tag, rel, branch = pid
             if tag != _SOURCE_TAG:
                 raise pickle.UnpicklingError(f"unknown persistent id {tag!r}")
-            path = os.path.normpath(os.path.join(mv_location, rel))
+            path = rel if is_remote(rel) else os.path.normpath(os.path.join(mv_location, rel))
             try:
                 return Source.open(path, branch)
             except NotFoundError:
@@ -85,9 +94,9 @@ class MaterializedView(Dataset):
     @classmethod
     def create(cls, location: str, view: View) -> MaterializedView:
         """Create an empty materialized view of ``view`` at ``location`` (fill it with ``refresh``)."""
-        location = os.path.abspath(location)
+        location = str(location).rstrip("/") if is_remote(str(location)) else os.path.abspath(location)
         blob = dump_view(view, location)
-        sources = [{"location": os.path.relpath(s.location, location), "branch": s.branch} for s in view.sources()]
+        sources = [{"location": source_ref(s.location, location), "branch": s.branch} for s in view.sources()]
         extra = {"view": {"definition": DEFINITION, "type": type(view).__name__, "sources": sources}}
         storage = Storage.create(location, view.schema, view.primary_keys, view.record_fields, kind="mv",
                                  extra=extra, files={DEFINITION: blob})
@@ -109,10 +118,10 @@ class MaterializedView(Dataset):
     def view(self) -> View:
         """The view definition (loaded on first use: reading stored rows never needs it)."""
         if self._view is None:
-            path = self.storage.full_path(self.storage.meta.get("view", {}).get("definition", DEFINITION))
+            rel = self.storage.meta.get("view", {}).get("definition", DEFINITION)
+            path = self.storage.full_path(rel)
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
+                data = self.storage.backend.read_bytes(rel)
             except FileNotFoundError:
                 raise CorruptionError(f"materialized view {self.name}: definition {path} is missing") from None
             self._view = load_view(data, self.location)

@@ -33,7 +33,7 @@ from typing import Any
 from . import format as fmt
 from .backend import Backend
 from .errors import AlreadyExistsError, VersionNotFoundError
-from .log import MetadataLog
+from .log import Entry, MetadataLog, encode_entry
 
 LOG = fmt.LOG_DIR + "/"
 SNAPSHOTS = fmt.SNAPSHOTS_DIR + "/"
@@ -55,6 +55,7 @@ class ObjectLog(MetadataLog):
     def __init__(self, backend: Backend):
         super().__init__(backend.uri, backend=backend)
         self._known: int | None = None  # newest seq this process has seen: where listing starts
+        self._newest: Entry | None = None  # the newest entry read or published (entries never change)
 
     def _start(self) -> int | None:
         if self._known is not None:
@@ -81,10 +82,27 @@ class ObjectLog(MetadataLog):
         self._known = max(seqs)
         return self._known
 
+    def entry(self, seq: int) -> Entry:
+        """Entry ``seq``; the newest one is kept, so a commit right after a read of the
+        head (or after its own last commit) does not GET it again."""
+        e = self._newest
+        if e is not None and e.seq == seq:
+            return e
+        e = super().entry(seq)
+        if self._newest is None or e.seq >= self._newest.seq:
+            self._newest = e
+        return e
+
+    def _link_snapshot(self, entry: Entry) -> None:
+        # The copy holds the entry's bytes, which we have (just published, or read and
+        # decoded from that encoding): no GET of the entry to copy it, as on disk.
+        self.backend.put_if_absent(snapshot_path(entry.doc["snapshot"]["id"]), encode_entry(entry.doc))
+
     def try_publish(self, doc: dict[str, Any]) -> bool:
         if not super().try_publish(doc):
             return False
         self._known = doc["seq"]
+        self._newest = Entry(doc["seq"], doc)
         return True
 
     def init(self, doc: dict[str, Any]) -> None:

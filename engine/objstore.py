@@ -80,6 +80,22 @@ def check_conditional_writes(backend: Backend) -> None:
             "commits could overwrite each other, so spacefs will not store datasets there")
 
 
+_HONOURED: set[tuple[str, str]] = set()  # (endpoint, bucket) found to honour them, this process
+_HONOURED_LOCK = threading.Lock()
+
+
+def ensure_conditional_writes(backend: Backend) -> None:
+    """``check_conditional_writes`` once per endpoint and bucket per process: a catalog
+    creating many datasets probes its store once. Only a success is remembered."""
+    key = (getattr(backend, "endpoint", ""), getattr(backend, "bucket", backend.uri))
+    with _HONOURED_LOCK:
+        if key in _HONOURED:
+            return
+    check_conditional_writes(backend)
+    with _HONOURED_LOCK:
+        _HONOURED.add(key)
+
+
 # -- S3-compatible object storage ----------------------------------------------------
 def _store_config(storage_options: dict[str, Any] | None) -> tuple[dict, dict, dict]:
     """Split ``storage_options`` into S3, HTTP-client and retry settings.
@@ -109,6 +125,10 @@ def _store_config(storage_options: dict[str, Any] | None) -> tuple[dict, dict, d
     client.setdefault("connect_timeout", "5s")
     client.setdefault("timeout", "120s")
     return s3, client, retry
+
+
+_PORTABLE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                       "AWS_REGION")
 
 
 class S3Backend:
@@ -146,6 +166,15 @@ class S3Backend:
     def __reduce__(self):
         # Stores hold a Rust client; a worker process (Ray, multiprocessing) builds its own.
         return (S3Backend, (self.uri, self.storage_options))
+
+    def portable(self) -> S3Backend:
+        """This backend with the AWS variables of this process folded into its options:
+        for worker processes (Ray) that may not have the variables in their environment.
+        Options given explicitly still win."""
+        env = {k: os.environ[k] for k in _PORTABLE_VARIABLES if os.environ.get(k)}
+        if "AWS_ENDPOINT_URL" not in env and os.environ.get("AWS_ENDPOINT_URL_S3"):
+            env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL_S3"]
+        return S3Backend(self.uri, {**env, **self.storage_options})
 
     @contextmanager
     def _errors(self, op: str, path: str):
@@ -298,6 +327,14 @@ class S3Backend:
             for batch in obstore.list(self.store, prefix or None, offset=start_after):
                 out.extend(m["path"] for m in batch)
         return sorted(p for p in out if p.startswith(prefix))
+
+    def list_stats(self, prefix: str) -> list[tuple[str, int, float]]:
+        """``(path, size, last-modified time)`` of the objects under ``prefix``, sorted."""
+        out: list[tuple[str, int, float]] = []
+        with self._errors("list", prefix):
+            for batch in obstore.list(self.store, prefix or None):
+                out.extend((m["path"], m["size"], m["last_modified"].timestamp()) for m in batch)
+        return sorted(o for o in out if o[0].startswith(prefix))
 
     def delete(self, paths: Iterable[str]) -> None:
 

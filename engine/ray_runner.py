@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from .backend import portable_backends, register_backend
 from .filters import Filter
 from .options import FileOptions, RayOptions
 from .runners import LocalRunner
@@ -58,7 +59,9 @@ def ensure_ray() -> None:
 _remote_run = None
 
 
-def _run_list(fn: Callable[[Any], Iterable[T]], item: Any) -> list[T]:
+def _run_list(fn: Callable[[Any], Iterable[T]], item: Any, backends: Sequence[Any] = ()) -> list[T]:
+    for b in backends:  # the driver's buckets, with its settings (OBJECTSTORE.md)
+        register_backend(b)
     return list(fn(item))
 
 
@@ -85,11 +88,12 @@ class RayExecutor:
 
         remote = _remote()
         fn_ref = ray.put(fn)  # shipped once, not once per task
+        backends_ref = ray.put(portable_backends())
         pending: deque = deque()
         it = iter(parts)
         try:
             for item in it:
-                pending.append(remote.remote(fn_ref, item))
+                pending.append(remote.remote(fn_ref, item, backends_ref))
                 if len(pending) >= self.parallelism:
                     yield from ray.get(pending.popleft())
             while pending:

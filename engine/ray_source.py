@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .backend import register_backend
 from .options import RayOptions
 from .storage import Version
 from .view_parts import Ctx, FileRange, LocalExecutor, Part, Rows, finish
@@ -26,7 +27,10 @@ from .views import View, as_view
 MIN_TASK_ROWS = 1024
 
 
-def _read_block(part: Part, names: list[str], roots: dict[str, str], schema: pa.Schema) -> list[pa.Table]:
+def _read_block(part: Part, names: list[str], roots: dict[str, str], schema: pa.Schema,
+                backends: Sequence[Any] = ()) -> list[pa.Table]:
+    for b in backends:  # buckets read through the driver's settings (OBJECTSTORE.md)
+        register_backend(b)
     out = list(finish(part, None, names, roots, schema))
     return out or [pa.schema([schema.field(n) for n in names]).empty_table()]
 
@@ -64,7 +68,9 @@ def _datasource_class() -> type:
             part_rows = max(MIN_TASK_ROWS, math.ceil(rows / max(1, parallelism)))
             ctx = Ctx(LocalExecutor(), part_rows=part_rows)
             parts = list(self.view._scan(ctx, self.versions))
-            fn_args = {"names": self.names, "roots": self.view.ref_roots, "schema": self.view.schema}
+            backends = [s.storage.backend.portable() for s in self.view.sources() if s.storage.remote]
+            fn_args = {"names": self.names, "roots": self.view.ref_roots, "schema": self.view.schema,
+                       "backends": backends}
             if not parts:
                 parts = [Rows(self.view.ref_schema.empty_table())]
             tasks = []

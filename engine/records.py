@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from . import arwriter
+from .backend import is_remote
 from .recordpool import POOL, RecordHandle, RecordPool
 from .sparse import punch_zero_pages
 
@@ -179,7 +180,19 @@ class RecordReader:
     ``recordpool.POOL`` and returns them before it returns, so readers are cheap to make,
     need no closing, and any number of them share one bounded set of open files.
     Thread-safe (``os.pread`` needs no shared position).
+
+    For a dataset on a bucket (``s3://...``) the constructor returns a
+    ``remote_records.RemoteRecordReader`` instead: the same methods, reading by range.
     """
+
+    remote = False  # records read by range from a bucket (``RemoteRecordReader``)
+
+    def __new__(cls, root: str, *args, **kwargs):
+        if cls is RecordReader and is_remote(str(root)):
+            from .remote_records import RemoteRecordReader  # loads obstore: buckets only
+
+            return RemoteRecordReader(str(root))
+        return super().__new__(cls)
 
     def __init__(self, root: str, max_open: int | None = None, mmap_max: int = 0, pool: RecordPool | None = None):
         self.root = os.path.abspath(root)

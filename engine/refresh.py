@@ -35,7 +35,7 @@ from .errors import CommitConflictError, CorruptionError, SnapshotExpiredError, 
 from .log import Entry
 from .options import FileOptions
 from .schema import check_batch_size
-from .storage import Plan, Version, _unlink
+from .storage import Plan, Version
 from .types import JobResult
 from .view_delta import Delta, merge_deletes
 from .view_parts import Ctx, write_part
@@ -203,5 +203,4 @@ def _write(executor: Any, delta: Delta, st: Any, view: Any, file_options: FileOp
 
 
 def _cleanup(st: Any, written: list[str]) -> None:
-    for rel in written:
-        _unlink(st.full_path(rel))
+    st.files.remove(written)

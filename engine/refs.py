@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import format as fmt
+from .backend import is_remote
+from .datafiles import files_at
 from .filters import Predicate
 from .records import REF_TYPE, RecordReader
 
@@ -31,7 +33,12 @@ def read_index(location: str, rel: str, schema: pa.Schema, columns: Sequence[str
     """
     import pyarrow.dataset as pds  # lazy: it imports pandas (slow start-up)
 
-    d = pds.dataset(fmt.data_path(location, rel), schema=schema, format="parquet")
+    if is_remote(location):
+        # On a bucket the file is fetched whole (one GET: index files are small) and
+        # filtered in memory, by the same expressions.
+        d = pds.dataset(files_at(location).read_table(rel, schema=schema))
+    else:
+        d = pds.dataset(fmt.data_path(location, rel), schema=schema, format="parquet")
     if isinstance(filter_, Predicate):
         return filter_.scan(d, list(columns) if columns is not None else schema.names)
     return d.to_table(columns=list(columns) if columns is not None else None, filter=filter_)

@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .errors import SnapshotExpiredError
 from .keydiff import index_files
@@ -73,9 +72,9 @@ def plan_file_list(st: Storage, base: int, target: int) -> Plan | None:
                                      pc.is_in(src.column("path"), value_set=pa.array(missing, pa.string()))))
             p.added += rec.to_pylist()
     if removed:
-        keys = pa.concat_tables([pq.read_table(st.full_path(r["path"]), columns=st.primary_keys) for r in removed])
+        keys = pa.concat_tables([st.files.read_table(r["path"], columns=st.primary_keys) for r in removed])
         rel = f"metadata/changes/{uuid.uuid4().hex}.parquet"
-        pq.write_table(keys, st.full_path(rel))
+        st.files.write_table(keys, rel)
         p.deleted = rel
         p.temp_files.append(rel)
     assert all(r["kind"] == INDEX for r in removed)

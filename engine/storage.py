@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 from . import failpoints
 from . import format as fmt
 from . import schema as sch
-from .backend import backend_for
+from .backend import is_remote, open_backend
+from .datafiles import DataFiles, files_at
 from .errors import (
     AlreadyExistsError,
     CommitConflictError,
@@ -35,6 +36,7 @@ from .errors import (
 from .filters import Filter, prune_expression, stats_guarantee
 from .log import Entry, MetadataLog
 from .manifest import INDEX, RECORD, ManifestStore, manifest_schema, removal
+from .objlog import ObjectLog
 from .recordpool import POOL
 from .retention import expired
 
@@ -72,16 +74,15 @@ class Plan:
 
 
 class Storage:
-    """One dataset on disk. Cheap to open; every read resolves versions afresh."""
+    """One dataset, in a directory or a bucket. Cheap to open; every read resolves versions afresh."""
 
-    def __init__(self, location: str):
-        self.backend = backend_for(location)
+    def __init__(self, location: str, storage_options: dict[str, Any] | None = None):
+        # ``storage_options`` configure a bucket's client (OBJECTSTORE.md); kept in memory
+        # by ``open_backend`` for this process's other readers of the location, never on disk.
+        self.backend = open_backend(location, storage_options)
         self.location = self.backend.root
-        if self.backend.local_path("") is None:
-            # Manifests, index files and the record pool still open local paths
-            # (OBJECTSTORE.md, "What remains to wire"): refuse rather than misread.
-            raise UserInputError(f"{self.location}: datasets on object storage cannot be opened yet; "
-                                 "copy it to a directory with spacefs.engine.objcopy.copy_dataset")
+        self.remote = self.backend.local_path("") is None
+        self.files = files_at(self.location) if self.remote else DataFiles(self.backend)
         try:
             self.meta = json.loads(self.backend.read_bytes(fmt.DATASET_JSON))
         except FileNotFoundError:
@@ -94,14 +95,17 @@ class Storage:
         self.index_schema = sch.index_schema(self.schema, self.record_fields)
         self.index_fields = [n for n in self.schema.names if n not in self.record_fields]
         self.stats_fields = [f for f in self.schema if f.name in self.index_fields and sch.stats_type(f.type)]
-        self.log = MetadataLog(self.location, backend=self.backend)
-        self.manifests = ManifestStore(self.location, manifest_schema(self.stats_fields))
+        # On a bucket the head is found by one LIST from the hint, not a HEAD per entry.
+        self.log = ObjectLog(self.backend) if self.remote else MetadataLog(self.location, backend=self.backend)
+        self.manifests = ManifestStore(self.location, manifest_schema(self.stats_fields), files=self.files)
         self._snapshots: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._live: OrderedDict[int, pa.Table] = OrderedDict()
         self._lock = threading.Lock()
         # Open record files belong to the process-wide pool; this Storage is one of the
         # dataset's owners there: the last owner to go (closed or collected) closes them.
-        self._closer = weakref.finalize(self, POOL.detach, POOL.attach(self.location))
+        # A bucket's record files are read by range and hold nothing open.
+        self._closer = (weakref.finalize(self, _nothing) if self.remote
+                        else weakref.finalize(self, POOL.detach, POOL.attach(self.location)))
 
     def close(self) -> None:
         """Release what this handle holds: its caches and its claim on the open record
@@ -130,10 +134,11 @@ class Storage:
     @classmethod
     def create(cls, location: str, schema: pa.Schema, primary_keys: list[str], record_fields: list[str],
                file_layout: dict[str, str] | None = None, kind: str = "dataset",
-               extra: dict[str, Any] | None = None, files: dict[str, bytes] | None = None) -> Storage:
-        """Create a dataset directory atomically.
+               extra: dict[str, Any] | None = None, files: dict[str, bytes] | None = None,
+               storage_options: dict[str, Any] | None = None) -> Storage:
+        """Create a dataset atomically (a directory, or a prefix of a bucket).
 
-        ``files`` (relative path -> bytes) are written into the directory before it is
+        ``files`` (relative path -> bytes) are written into the dataset before it is
         published, e.g. a materialized view's pickled definition, so a crash never
         leaves a dataset without them.
         """
@@ -141,19 +146,14 @@ class Storage:
             primary_keys = [primary_keys]
         record_fields = list(record_fields or [])
         sch.validate(schema, primary_keys, record_fields)
-        location = os.path.abspath(location)
-        if os.path.exists(os.path.join(location, fmt.METADATA)):
-            raise AlreadyExistsError(f"a dataset already exists at {location}")
         if file_layout is not None:
             from .layout import validate_layout
 
             validate_layout(file_layout, schema, record_fields)
-        # Build in a hidden sibling then rename, so a crash never leaves half a dataset.
-        parent = os.path.dirname(location)
-        os.makedirs(parent, exist_ok=True)
-        staging = os.path.join(parent, f".{os.path.basename(location)}.creating-{os.getpid()}-{random.getrandbits(32):x}")
-        for d in fmt.DIRS:
-            os.makedirs(os.path.join(staging, d))
+        for rel in files or {}:
+            norm = os.path.normpath(rel)
+            if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep):
+                raise UserInputError(f"extra file {rel!r} lies outside the dataset directory")
         meta = {
             "format": FORMAT,
             "kind": kind,
@@ -166,20 +166,29 @@ class Storage:
             "uuid": uuid.uuid4().hex,
             **(extra or {}),
         }
-        with open(fmt.dataset_json(staging), "wb") as f:
-            f.write(sch.dumps(meta))
-        for rel, data in (files or {}).items():
-            path = os.path.normpath(os.path.join(staging, rel))
-            if not path.startswith(staging + os.sep):
-                raise UserInputError(f"extra file {rel!r} lies outside the dataset directory")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
         snap0 = {"id": 0, "parent": None, "branch": DEFAULT_BRANCH, "time": meta["created"], "op": "create",
                  "manifests": [], "delta": None, "deleted": None, "stats": {"rows": 0, "index_files": 0, "index_bytes": 0, "record_bytes": 0},
                  "file_layout": file_layout}
         doc = {"seq": 0, "time": meta["created"], "op": "create", "last_snapshot_id": 0,
                "branches": {DEFAULT_BRANCH: 0}, "tags": {}, "settings": {"file_layout": file_layout}, "snapshot": snap0}
+        if is_remote(str(location)):
+            return cls._create_in_bucket(str(location), storage_options, meta, doc, files or {})
+        location = os.path.abspath(location)
+        if os.path.exists(os.path.join(location, fmt.METADATA)):
+            raise AlreadyExistsError(f"a dataset already exists at {location}")
+        # Build in a hidden sibling then rename, so a crash never leaves half a dataset.
+        parent = os.path.dirname(location)
+        os.makedirs(parent, exist_ok=True)
+        staging = os.path.join(parent, f".{os.path.basename(location)}.creating-{os.getpid()}-{random.getrandbits(32):x}")
+        for d in fmt.DIRS:
+            os.makedirs(os.path.join(staging, d))
+        with open(fmt.dataset_json(staging), "wb") as f:
+            f.write(sch.dumps(meta))
+        for rel, data in (files or {}).items():
+            path = os.path.normpath(os.path.join(staging, rel))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
         MetadataLog(staging).init(doc)
         try:
             os.makedirs(location, exist_ok=True)
@@ -191,6 +200,30 @@ class Storage:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return cls(location)
+
+    @classmethod
+    def _create_in_bucket(cls, location: str, storage_options: dict[str, Any] | None, meta: dict[str, Any],
+                          doc: dict[str, Any], files: dict[str, bytes]) -> Storage:
+        """Create on a bucket, which has no atomic directory rename: a dataset exists
+        once its log entry 0 exists. ``dataset.json`` is created first with a conditional
+        PUT (of two creators, one wins), then the extra files, then entry 0. A crash in
+        between leaves ``dataset.json`` without a log: creating again says so."""
+        from .objstore import ensure_conditional_writes
+
+        backend = open_backend(location, storage_options)
+        if backend.exists(fmt.log_entry(0)):
+            raise AlreadyExistsError(f"a dataset already exists at {backend.uri}")
+        ensure_conditional_writes(backend)
+        if not backend.put_if_absent(fmt.DATASET_JSON, sch.dumps(meta)):
+            if backend.exists(fmt.log_entry(0)):
+                raise AlreadyExistsError(f"a dataset already exists at {backend.uri}")
+            raise AlreadyExistsError(
+                f"{backend.uri} holds {fmt.DATASET_JSON} but no log: another create is running there, or one was "
+                "interrupted; delete the objects under that prefix to create the dataset again")
+        for rel, data in files.items():
+            backend.put(os.path.normpath(rel).replace(os.sep, "/"), data)
+        ObjectLog(backend).init(doc)
+        return cls(location, storage_options)
 
     # -- versions --------------------------------------------------------------
     def head(self) -> Entry:
@@ -324,8 +357,7 @@ class Storage:
                 if self.log.try_publish(doc):
                     plans.clear()
                     return snap
-                for rel in created:
-                    _unlink(self.full_path(rel))
+                self.files.remove(created)
                 _backoff(attempt)
             raise CommitConflictError(f"{self.name}: {op} lost to concurrent writers {MAX_COMMIT_ATTEMPTS} times")
         finally:
@@ -334,8 +366,7 @@ class Storage:
 
     def _discard(self, p: Plan | None) -> None:
         if p is not None:
-            for rel in p.temp_files:
-                _unlink(self.full_path(rel))
+            self.files.remove(p.temp_files)
 
     def _snapshot_doc(self, sid: int, base: int, branch: str, op: str, p: Plan) -> tuple[dict[str, Any], list[str]]:
         base_snap = self.snapshot(base)
@@ -440,6 +471,10 @@ def _prune(rows: list[dict[str, Any]], expr: pc.Expression, guarantees: list[pc.
 def _backoff(attempt: int) -> None:
     # Jittered backoff keeps many writers from colliding in lockstep.
     time.sleep(random.uniform(0, min(0.002 * (2 ** min(attempt, 6)), 0.1)))
+
+
+def _nothing() -> None:
+    pass
 
 
 def _unlink(path: str) -> None:

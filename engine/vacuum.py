@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NamedTuple
 
 from . import format as fmt
 from .errors import UserInputError
@@ -91,6 +92,17 @@ def _candidates(root: str) -> list[tuple[str, os.stat_result]]:
     return out
 
 
+class _Listed(NamedTuple):
+    st_size: int
+    st_mtime: float  # an object's last-modified time: when its upload completed
+
+
+def _remote_candidates(storage: Storage) -> list[tuple[str, _Listed]]:
+    """The same files in a bucket: one listing per directory (a bucket has no temps)."""
+    return [(rel, _Listed(size, mtime)) for d in DATA_DIRS
+            for rel, size, mtime in storage.backend.list_stats(d + "/")]
+
+
 def referenced_files(storage: Storage, last_snapshot_id: int | None = None) -> set[str]:
     """Every relative path some snapshot 0..``last_snapshot_id`` needs."""
     if last_snapshot_id is None:
@@ -132,7 +144,7 @@ def vacuum(storage: Storage, older_than: timedelta = timedelta(days=1), *, apply
         raise UserInputError(f"older_than must not be negative, got {older_than}")
     cutoff = time.time() - older_than.total_seconds()
     # Listing before reading the head is what makes this safe with concurrent commits.
-    found = _candidates(storage.location)
+    found = _remote_candidates(storage) if storage.remote else _candidates(storage.location)
     head = storage.head()
     refs = referenced_files(storage, head.last_snapshot_id)
     report = VacuumReport(applied=apply, snapshots=head.last_snapshot_id + 1)
@@ -145,9 +157,5 @@ def vacuum(storage: Storage, older_than: timedelta = timedelta(days=1), *, apply
         report.files.append(rel)
         report.bytes += st.st_size
     if apply:
-        for rel in report.files:
-            try:
-                os.unlink(storage.full_path(rel))
-            except FileNotFoundError:
-                pass
+        storage.files.remove(report.files)
     return report

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .diff import snapshot_chain
 from .errors import SnapshotExpiredError, UserInputError
@@ -72,7 +71,7 @@ def source_delta(src: Source, ctx: Ctx, start: int, end: int) -> Delta:
     for sid in chain:
         rel = st.snapshot(sid).get("deleted")
         if rel:
-            deleted.append((sid, pq.read_table(st.full_path(rel)).select(pk)))
+            deleted.append((sid, st.files.read_table(rel).select(pk)))
     adds: list[Part] = []
     for sid in chain:
         later = [t for s, t in deleted if s > sid]
@@ -139,9 +138,9 @@ def _divergent_chains(src: Source, ctx: Ctx, start: int, end: int) -> Delta:
         for sid in snapshot_chain(st, base, tip):
             rel = st.snapshot(sid).get("deleted")
             if rel:
-                touched.append(pq.read_table(st.full_path(rel)).select(pk))
+                touched.append(st.files.read_table(rel).select(pk))
             for row in _added_index_files(src, sid):
-                touched.append(pq.read_table(st.full_path(row["path"]), columns=pk))
+                touched.append(st.files.read_table(row["path"], columns=pk))
     keys = merge_deletes(touched)
     if not keys:
         return Delta()

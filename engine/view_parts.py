@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import format as fmt
+from .backend import is_remote, open_backend
 from .errors import NotFoundError, UserInputError
 from .filters import Predicate
 from .options import FileOptions
@@ -160,10 +161,13 @@ def open_storage(location: str) -> Storage:
     the same path is never served from the cache.
     """
     try:
-        st = os.stat(fmt.dataset_json(location))
+        if is_remote(location):  # one HEAD: a re-created dataset has a new etag
+            stamp: tuple = (open_backend(location).stat(fmt.DATASET_JSON).etag,)
+        else:
+            st = os.stat(fmt.dataset_json(location))
+            stamp = (st.st_ino, st.st_mtime_ns)
     except FileNotFoundError:
         raise NotFoundError(f"no spacefs dataset at {location}") from None
-    stamp = (st.st_ino, st.st_mtime_ns)
     with _cache_lock:
         hit = _storages.get(location)
         if hit is not None and hit[0] == stamp:

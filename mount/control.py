@@ -34,8 +34,13 @@ import pyarrow as pa
 import trio
 
 from spacefs.engine import errors
-from spacefs.engine import format as fmt
-from spacefs.engine.catalog import DirCatalog, validate_name
+from spacefs.engine.catalog import (
+    child_location,
+    datasets_at,
+    is_dataset_at,
+    normalize_location,
+    validate_name,
+)
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.storage import Storage
 from spacefs.engine.types import JobResult
@@ -173,11 +178,13 @@ class ControlServer:
     def __init__(self, source: str, *, allow_other: bool = False, writers: Grants | None = None,
                  trust_views: bool = False, on_commit: Callable[[], None] | None = None,
                  limits: Limits | None = None, threads: int = 4):
-        self.source = os.path.abspath(source)
-        self.catalog = not fmt.is_dataset(self.source)
+        self.source = normalize_location(source)
+        self.catalog = not is_dataset_at(self.source)
         self.owner = os.geteuid()
         self.policy = Policy(self.owner, allow_other, writers or Grants(), trust_views)
         self.on_commit = on_commit or (lambda: None)
+        # More fields for ``ping`` (the daemon's request counts when it counts them).
+        self.diagnostics: Callable[[], dict[str, Any]] = dict
         self.limits = limits or Limits()
         self.limiter = trio.CapacityLimiter(threads)
         self.sql_limiter = trio.CapacityLimiter(self.limits.sql_threads)
@@ -432,19 +439,22 @@ class ControlServer:
     # -- datasets --------------------------------------------------------------
     def names(self) -> list[str]:
         if not self.catalog:
-            return [os.path.basename(self.source)]
-        return [i.name for i in DirCatalog(self.source).datasets()]
+            return [self._single()]
+        return datasets_at(self.source)
+
+    def _single(self) -> str:
+        return self.source.rstrip("/").rsplit("/", 1)[-1]
 
     def path(self, name: Any) -> str:
         if not isinstance(name, str):
             raise errors.UserInputError("argument 'name' must be a dataset name")
         if not self.catalog:
-            if name != os.path.basename(self.source):
-                raise errors.NotFoundError(f"this mount serves dataset {os.path.basename(self.source)!r}, not {name!r}")
+            if name != self._single():
+                raise errors.NotFoundError(f"this mount serves dataset {self._single()!r}, not {name!r}")
             return self.source
         validate_name(name)
-        path = os.path.join(self.source, name)
-        if not fmt.is_dataset(path):
+        path = child_location(self.source, name)
+        if not is_dataset_at(path):
             raise errors.NotFoundError(f"catalog {self.source} has no dataset named {name!r}")
         return path
 
@@ -463,7 +473,7 @@ class ControlServer:
 @op("ping", write=False)
 async def _ping(srv: ControlServer, req: Request) -> tuple[Any, bytes]:
     return {"protocol": proto.VERSION, "pid": os.getpid(), "uid": req.peer.uid,
-            "may_write": srv.policy.may_write(req.peer)}, b""
+            "may_write": srv.policy.may_write(req.peer), **srv.diagnostics()}, b""
 
 
 @op("datasets", write=False)
@@ -572,6 +582,11 @@ def _connect_duckdb(datasets: dict[str, str]) -> Any:
     try:
         for name, path in datasets.items():
             ds = Dataset(Storage(path))
+            if ds.storage.remote:  # index rows read through the backend (engine.sql)
+                from spacefs.engine.sql import index_table
+
+                con.register(name, index_table(ds, None))
+                continue
             files = ds.index_files()
             schema = ds.storage.index_schema
             src = pds.dataset(files, schema=schema, format="parquet") if files else schema.empty_table()

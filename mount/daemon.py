@@ -23,17 +23,22 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
+from spacefs.engine.backend import is_remote
+from spacefs.engine.catalog import normalize_location
 from spacefs.engine.recordpool import POOL
 
-from . import memdump, paths
+from . import memdump, opcount, paths
 from .access import Grants
 from .control import ControlServer, Limits
-from .fuse_ops import FuseOps, KernelNotifier
+from .fuse_ops import KERNEL_CAPS, ZERO_MESSAGE_OPEN, FuseOps, KernelNotifier
 from .tree import Tree
 
 log = logging.getLogger("spacefs.mount")
 
 POLL_INTERVAL = 0.25
+# A bucket source is polled less often: each poll is a LIST and a HEAD per open dataset
+# (requests cost money and time on S3); commits still appear within a few seconds.
+REMOTE_POLL_INTERVAL = 2.0
 # Record files no read touched for this long are closed (the versions nobody reads any
 # more): a mount following commits for weeks keeps a flat number of descriptors. Short,
 # because a descriptor caches nothing the page cache does not: reopening a record file
@@ -41,6 +46,26 @@ POLL_INTERVAL = 0.25
 # for a file of an old version readers touched once is held for the whole window, and
 # the set of such files grows with the history readers wander through.
 IDLE_CLOSE = float(os.environ.get("SPACEFS_IDLE_CLOSE", "10"))
+# The kernel's read-ahead for the mount, in KiB. Its default, 128, makes a sequential
+# reader cost one request per 128 KiB; at 1024 each request carries up to 1 MiB (the
+# most libfuse accepts), 8x fewer round trips. Only root may set it (sysfs).
+READ_AHEAD_KB = int(os.environ.get("SPACEFS_READ_AHEAD_KB", "1024"))
+
+
+async def set_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
+    """Set the mount's read-ahead window (``/sys/class/bdi/<dev>/read_ahead_kb``), as
+    mergerfs does. Must run once the kernel has the daemon's INIT reply (which caps it
+    at what the kernel offered): the ``stat`` of the mount point waits for that. Best
+    effort: returns whether it was set."""
+    try:
+        st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(str(kb))
+    except OSError as e:  # not root, no sysfs: the kernel's default stays
+        log.debug("read-ahead of %s left at the default: %s", mountpoint, e)
+        return False
+    return True
 
 
 async def _watch(tree: Tree, ops: FuseOps, interval: float, poke: trio.MemoryReceiveChannel) -> None:
@@ -72,9 +97,10 @@ async def _signals(on_signal: Callable[[], None]) -> None:
 
 
 async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_recv, interval: float,
-                 ready: Callable[[], None]) -> None:
+                 ready: Callable[[], None], mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
+        nursery.start_soon(set_read_ahead, mountpoint)
         nursery.start_soon(_watch, tree, ops, interval, poke_recv)
         await nursery.start(control.serve, sock)
         nursery.start_soon(_signals, pyfuse3.terminate)
@@ -87,26 +113,35 @@ async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_re
 
 def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes_from: Sequence[str] = (),
         trust_views: bool = False, limits: Sequence[str] = (), ready: Callable[[str], None] | None = None,
-        interval: float = POLL_INTERVAL, log_path: str | None = None) -> None:
+        interval: float | None = None, log_path: str | None = None, cache_dir: str | None = None,
+        cache_size: int | None = None) -> None:
     """Mount ``source`` (a catalog or dataset directory) at ``mountpoint`` until unmounted.
 
     ``allow_writes_from`` names users or groups that may write over the control socket
     (besides the owner and root); ``trust_views`` lets refresh run view definitions
     written by other users; ``limits`` are ``NAME=VALUE`` overrides of ``control.Limits``.
+    ``cache_dir``/``cache_size``: the chunk cache of record reads from a bucket source.
 
     Every resource goes on one exit stack the moment it is acquired, so whatever step
     fails (or however the serving ends) what was set up is undone in reverse order, once.
     """
     ready = ready or (lambda msg: None)
     mountpoint = os.path.abspath(mountpoint)
+    if interval is None:
+        interval = REMOTE_POLL_INTERVAL if is_remote(source) else POLL_INTERVAL
     import pyarrow.dataset  # noqa: F401 - imported now, not on the first directory listing
     import pyarrow.parquet  # noqa: F401
 
+    if cache_dir and is_remote(source):
+        from spacefs.engine.chunkcache import DEFAULT_SIZE
+        from spacefs.engine.remote_records import set_default_cache
+
+        set_default_cache(os.path.abspath(cache_dir), cache_size or DEFAULT_SIZE)
     with contextlib.ExitStack() as stack:
         stack.callback(log.info, "unmounted %s", mountpoint)
         tree = stack.enter_context(Tree(source))
         stack.callback(POOL.close)  # last: every record file the daemon opened
-        ops = FuseOps(tree, KernelNotifier())
+        ops = FuseOps(tree, KernelNotifier(), zero_message_open=ZERO_MESSAGE_OPEN)
         poke_send, poke_recv = trio.open_memory_channel(1)
 
         def poke() -> None:
@@ -115,6 +150,9 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
 
         control = ControlServer(source, allow_other=allow_other, writers=Grants.parse(allow_writes_from),
                                 trust_views=trust_views, on_commit=poke, limits=Limits.parse(list(limits)))
+        if opcount.enabled():
+            counts = opcount.install(ops)
+            control.diagnostics = lambda: {"fuse_ops": dict(counts)}
         run_dir = paths.prepare_mount_dir(mountpoint, shared=control.shared)
         sock_path, state_path = paths.socket_path(mountpoint), paths.state_path(mountpoint)  # before mounting
         sock = control.bind(sock_path)
@@ -123,15 +161,19 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
         options = set(pyfuse3.default_options) | {"fsname=spacefs", "subtype=spacefs", "ro", "auto_unmount"}
         if allow_other:
             options.add("allow_other")
+        if not (KERNEL_CAPS and ZERO_MESSAGE_OPEN):
+            log.warning("pyfuse3 lacks the project's patch (patches/README.md): the kernel will not cache "
+                        "symlink targets (paths through current/, tags/ and branches/ are slow) and "
+                        "asks the daemon on every open")
         pyfuse3.init(ops, mountpoint, options)
         stack.callback(pyfuse3.close, unmount=True)
-        paths.write_state(state_path, {"pid": os.getpid(), "source": os.path.abspath(source),
+        paths.write_state(state_path, {"pid": os.getpid(), "source": normalize_location(source),
                                        "mountpoint": mountpoint, "socket": sock_path, "log": log_path,
                                        "allow_other": allow_other, "writers": control.policy.writers.names(),
                                        "trust_views": trust_views})
         log.info("mounted %s at %s (control socket %s%s)", source, mountpoint, sock_path,
                  f"; writes also from {', '.join(control.policy.writers.names())}" if control.shared else "")
-        trio.run(_serve, tree, ops, control, sock, poke_recv, interval, lambda: ready("ok"))
+        trio.run(_serve, tree, ops, control, sock, poke_recv, interval, lambda: ready("ok"), mountpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--log", help="log file (default: stderr)")
     p.add_argument("--ready-fd", type=int, help="write 'ok' or an error line here once serving")
-    p.add_argument("--poll-interval", type=float, default=POLL_INTERVAL)
+    p.add_argument("--poll-interval", type=float, default=None)
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--cache-dir", help="chunk cache of a bucket source's record reads")
+    p.add_argument("--cache-size", type=int, help="bytes the chunk cache may hold")
     args = p.parse_args(argv)
 
     try:
@@ -176,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.source, args.mountpoint, allow_other=args.allow_other, allow_writes_from=args.allow_writes_from,
             trust_views=args.trust_views, limits=args.limit, ready=ready,
-            interval=args.poll_interval, log_path=args.log)
+            interval=args.poll_interval, log_path=args.log, cache_dir=args.cache_dir, cache_size=args.cache_size)
     except Exception as e:
         log.exception("the mount daemon failed")
         ready(f"error: {e}")

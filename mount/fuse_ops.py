@@ -48,6 +48,15 @@ SMALL_FILE = 64 << 10  # read whole at open() when it needs no disk access
 # hold ever more. Past this many, the daemon asks the kernel to drop the entries looked
 # up longest ago (they come back on the next lookup); the kernel then forgets the inodes.
 INODES_KEPT = int(os.environ.get("SPACEFS_INODES_KEPT", "16384"))
+# Read-ahead and DataLoader workers keep several reads in flight: the kernel's default
+# of 12 outstanding background requests would queue them behind each other.
+MAX_BACKGROUND = 64
+# Whether pyfuse3 carries the project's patch (patches/): the kernel caches symlink
+# targets and takes ``max_background`` from ``FuseOps``.
+KERNEL_CAPS = hasattr(pyfuse3.Operations, "enable_symlink_caching")
+# Whether it can serve zero-message opens (``read`` gets the inode when there is no handle).
+ZERO_MESSAGE_OPEN = hasattr(pyfuse3.Operations, "enable_zero_message_open")
+FILES_KEPT = 64  # zero-message opens: read state kept for this many files (no release comes)
 
 
 class Notifier(Protocol):
@@ -98,6 +107,9 @@ class InodeTable:
 
     def get(self, node: Node) -> int | None:
         return self._ino.get(node)
+
+    def get_node(self, ino: int) -> Node | None:
+        return self._node.get(ino)
 
     def ino(self, node: Node) -> int:
         ino = self._ino.get(node)
@@ -200,10 +212,20 @@ class FuseOps(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
+    # Read by the patched pyfuse3 only (patches/README.md); ignored by a stock one.
+    # Link targets change only with a ref, and the tree then invalidates the link's inode.
+    enable_symlink_caching = True
+    max_background = MAX_BACKGROUND
 
     def __init__(self, tree: Tree, notifier: Notifier | None = None, threads: int = 16,
-                 uid: int | None = None, gid: int | None = None):
+                 uid: int | None = None, gid: int | None = None, zero_message_open: bool = False):
+        """``zero_message_open`` (needs the patched pyfuse3): every file is immutable, so
+        the kernel may open files without asking (``open`` answers ENOSYS once) and keep
+        their pages; a warm re-read then costs no request at all. ``read`` then gets the
+        inode for a handle, and read state lives per inode (``FILES_KEPT``)."""
         super().__init__()
+        self.enable_zero_message_open = zero_message_open
+        self._by_inode: OrderedDict[int, _File] = OrderedDict()
         self.tree = tree
         self.notifier = notifier
         self.inodes = InodeTable(tree.root)
@@ -284,6 +306,10 @@ class FuseOps(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
+            if self.inodes.get_node(ino) is None:
+                f = self._by_inode.pop(ino, None)
+                if f is not None:
+                    f.closed = True
 
     # -- directories -----------------------------------------------------------
     @_errors
@@ -334,6 +360,18 @@ class FuseOps(pyfuse3.Operations):
         kind = self.tree.kind_of(node)
         if kind == DIR:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if self.enable_zero_message_open:
+            # Success without a handle: the kernel stops asking, keeps pages (every
+            # file is immutable) and sends no release.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        f = await self._new_file(node)
+        fh = self._fh()
+        self._files[fh] = f
+        # Snapshot files never change: keep their pages across opens.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    async def _new_file(self, node: Node) -> _File:
+        """Read state for an opened file; small in-memory files are read whole now."""
         a = await self._ask(self.tree.attrs, node)
         f = _File(node, a.size)
         try:
@@ -341,14 +379,27 @@ class FuseOps(pyfuse3.Operations):
                 f.data = self.tree.read(node, 0, a.size, io=False)  # index values, schema.json
         except NeedsIO:  # its snapshot view was just evicted: read() will reload it
             pass
-        fh = self._fh()
-        self._files[fh] = f
-        # Snapshot files never change: keep their pages across opens.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=a.immutable, direct_io=False)
+        return f
+
+    async def _inode_file(self, ino: int) -> _File:
+        """Read state of a file opened without a message, by inode (the latest
+        ``FILES_KEPT``; an evicted one is made again on its next read)."""
+        f = self._by_inode.get(ino)
+        if f is not None:
+            self._by_inode.move_to_end(ino)
+            return f
+        f = await self._new_file(self.inodes.node(ino))
+        other = self._by_inode.get(ino)  # a concurrent read may have made one meanwhile
+        if other is not None:
+            return other
+        self._by_inode[ino] = f
+        while len(self._by_inode) > FILES_KEPT:
+            self._by_inode.popitem(last=False)[1].closed = True
+        return f
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        f = self._files[fh]
+        f = self._files[fh] if not self.enable_zero_message_open else await self._inode_file(fh)
         if off >= f.size or size <= 0:
             return b""
         size = min(size, f.size - off)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from spacefs.engine.backend import is_remote, open_backend
+from spacefs.engine.catalog import datasets_at, is_dataset_at, normalize_location
 from spacefs.engine.errors import NotFoundError, SpaceError, UserInputError
 
 from . import paths
@@ -48,6 +50,10 @@ def _is_dataset(path: str) -> bool:
 def check_source(source: str) -> None:
     """Refuse a source that is neither a dataset nor a catalog (a directory holding
     datasets, or an empty one to fill later): it would mount as an empty tree."""
+    if is_remote(source):
+        if is_dataset_at(source) or datasets_at(source) or not open_backend(source).list(""):
+            return
+        raise UserInputError(f"{source} is neither a spacefs dataset nor a catalog of datasets")
     if not os.path.isdir(source):
         raise NotFoundError(f"{source}: no such catalog or dataset directory")
     if _is_dataset(source):
@@ -71,7 +77,8 @@ def check_mountpoint(mountpoint: str) -> None:
 
 def start(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes_from: Sequence[str] = (),
           trust_views: bool = False, limits: Mapping[str, float] | None = None, log: str | None = None,
-          timeout: float = START_TIMEOUT, poll_interval: float | None = None, debug: bool = False) -> MountInfo:
+          timeout: float = START_TIMEOUT, poll_interval: float | None = None, debug: bool = False,
+          cache_dir: str | None = None, cache_size: int | None = None) -> MountInfo:
     """Mount ``source`` at ``mountpoint`` with a background daemon; return once it serves.
 
     The daemon logs to ``log`` (default: beside its control socket, removed again by a
@@ -79,7 +86,7 @@ def start(source: str, mountpoint: str, *, allow_other: bool = False, allow_writ
     run directory is created and checked (``paths.prepare_mount_dir``) before the log is
     opened in it, and the log is opened without following symbolic links.
     """
-    source, mountpoint = os.path.abspath(source), os.path.abspath(mountpoint)
+    source, mountpoint = normalize_location(source), os.path.abspath(mountpoint)
     check_source(source)
     check_mountpoint(mountpoint)
     Grants.parse(allow_writes_from)  # a bad name fails here, not in the daemon's log
@@ -102,6 +109,10 @@ def start(source: str, mountpoint: str, *, allow_other: bool = False, allow_writ
         cmd += ["--poll-interval", str(poll_interval)]
     if debug:
         cmd.append("--debug")
+    if cache_dir:
+        cmd += ["--cache-dir", os.path.abspath(cache_dir)]
+    if cache_size:
+        cmd += ["--cache-size", str(int(cache_size))]
     out = paths.open_log(log)
     r, w = os.pipe()
     try:

@@ -19,11 +19,12 @@ from spacefs.engine.records import read_record_range as read_range  # noqa: F401
 
 INLINE_MAX = 1 << 20  # longest read tried on the event loop
 DECODED_BUDGET = 128 << 20  # bytes of decoded compressed records kept, all datasets together
+REMOTE_WHOLE_MAX = 8 << 20  # records of a bucket up to this size are fetched whole (no chunk cache)
 
 
 class Decoded:
     """Records of compressed files, decoded whole and kept (least recently used out,
-    within ``budget`` bytes).
+    within ``budget`` bytes); also records of a bucket fetched whole (``REMOTE_WHOLE_MAX``).
 
     A compressed ArrayRecord chunk can only be decoded whole, so serving a record in
     1 MiB pieces used to decode it once per piece: quadratic in its size. Record files

@@ -36,7 +36,7 @@ from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Storage
 
 from .pieces import FilesPiece, IndexPiece, PieceSource, name_hashes
-from .recread import DECODED, INLINE_MAX, read_range
+from .recread import DECODED, INLINE_MAX, REMOTE_WHOLE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -229,6 +229,17 @@ class SnapshotView:
         r = p.refs[field]
         rel = r.file_names[r.file_idx[row]]
         size, off = r.size[row], int(r.offset[row])
+        if off >= 0 and reader.remote:
+            # A bucket (``RemoteRecordReader``). Without a chunk cache a record up to
+            # ``REMOTE_WHOLE_MAX`` is fetched whole by its first piece (one GET) and kept
+            # with the decoded records, so the kernel's next pieces are served from memory,
+            # inline; otherwise each piece is a ranged read through the chunk cache. Network
+            # reads happen only in worker threads.
+            key = (reader.root, rel, int(r.pos[row]))
+            if reader.cache is None and size <= REMOTE_WHOLE_MAX:
+                data = DECODED.get(key) if not io else DECODED.fetch(key, lambda: reader.read_one(rel, key[2], off, size))
+                return None if data is None else data[start : start + length]
+            return reader.read_range(rel, off, size, start, length) if io else None
         if off >= 0:
             if not io and length > INLINE_MAX:
                 return None

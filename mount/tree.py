@@ -28,7 +28,14 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from spacefs.engine import format as fmt
-from spacefs.engine.catalog import validate_name
+from spacefs.engine.backend import is_remote, open_backend
+from spacefs.engine.catalog import (
+    child_location,
+    datasets_at,
+    is_dataset_at,
+    normalize_location,
+    validate_name,
+)
 from spacefs.engine.errors import SpaceError
 from spacefs.engine.log import Entry
 from spacefs.engine.records import RecordReader
@@ -134,21 +141,24 @@ class _Identity(NamedTuple):
     (the file is written once, at creation)."""
 
     uuid: str | None
-    stamp: tuple[int, int, int, int]
+    stamp: tuple
 
     @staticmethod
-    def stamp_of(location: str) -> tuple[int, int, int, int]:
+    def stamp_of(location: str) -> tuple:
+        if is_remote(location):  # one HEAD: a new object has a new etag
+            info = open_backend(location).stat(fmt.DATASET_JSON)
+            return info.etag, info.size
         s = os.stat(os.path.join(location, "metadata", "dataset.json"))
         return s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size
 
     @classmethod
     def of(cls, location: str) -> _Identity:
         stamp = cls.stamp_of(location)
-        with open(os.path.join(location, "metadata", "dataset.json"), "rb") as f:
-            try:
-                uuid = json.loads(f.read()).get("uuid")
-            except (ValueError, AttributeError):
-                uuid = None
+        data = open_backend(location).read_bytes(fmt.DATASET_JSON)
+        try:
+            uuid = json.loads(data).get("uuid")
+        except (ValueError, AttributeError):
+            uuid = None
         return cls(uuid, stamp)
 
     def same_dataset(self, other: _Identity) -> bool:
@@ -195,12 +205,13 @@ class Tree:
     """The mount tree of a catalog directory, or of a single dataset directory."""
 
     def __init__(self, source: str, cache_bytes: int | None = None):
-        self.source = os.path.abspath(source)
-        if fmt.is_dataset(self.source):
+        # A directory or a bucket prefix (s3://...): datasets are read through their backend.
+        self.source = normalize_location(source)
+        if is_dataset_at(self.source):
             self.catalog = False
-            self.single = os.path.basename(self.source.rstrip("/"))
+            self.single = self.source.rstrip("/").rsplit("/", 1)[-1]
             self.root = Node(DS, self.single)
-        elif os.path.isdir(self.source):
+        elif is_remote(self.source) or os.path.isdir(self.source):
             self.catalog = True
             self.single = ""
             self.root = Node(ROOT)
@@ -220,12 +231,12 @@ class Tree:
 
     # -- datasets and caches ---------------------------------------------------
     def _path(self, name: str) -> str:
-        return self.source if not self.catalog else os.path.join(self.source, name)
+        return self.source if not self.catalog else child_location(self.source, name)
 
     def _list_datasets(self) -> list[str]:
         if not self.catalog:
             return [self.single]
-        return fmt.datasets_in(self.source)
+        return datasets_at(self.source)
 
     def _key_lock(self, key: Any) -> threading.Lock:
         return self._locks[hash(key) % LOCK_STRIPES]
@@ -506,6 +517,8 @@ class Tree:
                 raise NeedsIO
             st = self.state(node.ds)
             rel = self.view(node.ds, node.sid, io).index_files[node.name][0]
+            if st.storage.remote:
+                return st.storage.backend.read_range(rel, offset, size)
             fd = os.open(st.storage.full_path(rel), os.O_RDONLY)
             try:
                 return os.pread(fd, size, offset)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything spacefs needs on a fresh Debian machine (run as root):
-# the FUSE packages pyfuse3 builds against, a .venv, and spacefs in editable mode with all extras.
+# the FUSE packages pyfuse3 builds against, a .venv, pyfuse3 built with the project's patch
+# (patches/README.md), and spacefs in editable mode with all extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if command -v apt-get >/dev/null; then
   need=()
-  for p in fuse3 libfuse3-dev pkg-config rsync; do
+  for p in fuse3 libfuse3-dev pkg-config rsync patch; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -19,5 +20,6 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+bash scripts/pyfuse3.sh .venv/bin/python
 .venv/bin/python -m pip install -q -e ".[dev,hf,torch,tfds,examples]"
 echo "spacefs installed in $(pwd)/.venv"

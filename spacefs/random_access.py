@@ -96,12 +96,26 @@ class _Group:
     holds no descriptors (the process-wide pool does, and a forked child starts with an
     empty pool), so the group pickles and forks as it is."""
 
-    def __init__(self, ds: Dataset, version: Version, mmap_max: int):
+    def __init__(self, ds: Dataset, version: Version, mmap_max: int, cache: tuple[str, int] | None = None):
         self.mmap_max = mmap_max
         self.location = ds.location
         self.name = ds.name
         self.snapshot_id = ds.snapshot_id(version)
-        self.reader = RecordReader(self.location, mmap_max=mmap_max)
+        # A dataset in a bucket reads records by range through this chunk cache (dir, size)
+        # and this backend (its settings folded in), both set again in every process the
+        # source is pickled to: a spawned DataLoader worker needs no AWS variables.
+        self.cache = cache if ds.storage.remote else None
+        self.backend = ds.storage.backend.portable() if ds.storage.remote else None
+        self.reader = self._reader()
+
+    def _reader(self) -> RecordReader:
+        if self.cache is not None:
+            # This source's own cache: other readers of the location are not affected.
+            from spacefs.engine.chunkcache import ChunkCache
+            from spacefs.engine.remote_records import RemoteRecordReader
+
+            return RemoteRecordReader(self.location, ChunkCache(*self.cache))  # type: ignore[return-value]
+        return RecordReader(self.location, mmap_max=self.mmap_max)
 
     def record_reader(self) -> RecordReader:
         return self.reader
@@ -111,7 +125,11 @@ class _Group:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.reader = RecordReader(self.location, mmap_max=self.mmap_max)
+        if self.backend is not None:  # another process: read with the driver's settings
+            from spacefs.engine.backend import register_backend
+
+            register_backend(self.backend)
+        self.reader = self._reader()
 
 
 def _detach(roots: list[str]) -> None:
@@ -137,6 +155,11 @@ class RandomAccessDataSource:
     ``deserialize=True`` record fields of a ``TfFeatures`` type come back as nested
     numpy dicts (plain binary fields have nothing to deserialize and are refused).
 
+    Datasets in a bucket (``s3://...``) are read by ranged GETs; with ``cache_dir`` their
+    record chunks are kept in that directory (at most ``cache_size`` bytes, shared by
+    processes), so a second epoch makes no request. A torch ``DataLoader`` over such a
+    source needs ``multiprocessing_context="spawn"`` (the S3 client does not survive fork).
+
     Example::
 
         source = RandomAccessDataSource({"feature": "/data/example_ds"}, version="v1")
@@ -144,7 +167,8 @@ class RandomAccessDataSource:
     """
 
     def __init__(self, access_config: Mapping[str, Source], deserialize: bool = False,
-                 version: Version = None, threads: int = 0, mmap: bool = True):
+                 version: Version = None, threads: int = 0, mmap: bool = True,
+                 cache_dir: str | None = None, cache_size: int = 1 << 30):
         if not isinstance(access_config, Mapping) or not access_config:
             raise UserInputError("access_config must be a non-empty dict of {field: dataset location or Dataset}")
         self.deserialize = bool(deserialize)
@@ -166,7 +190,8 @@ class RandomAccessDataSource:
                     f"{plain} are plain binary: pass deserialize=False to get their bytes"
                 )
         # Pin every version first, so a bad version fails before anything is read.
-        self._groups = [_Group(ds, version, MMAP_MAX if mmap else 0) for ds, _ in groups.values()]
+        cache = (os.path.abspath(cache_dir), int(cache_size)) if cache_dir else None
+        self._groups = [_Group(ds, version, MMAP_MAX if mmap else 0, cache) for ds, _ in groups.values()]
         self._own()
         self._refs: dict[str, tuple[_Group, _Refs]] = {}
         self._values: dict[str, pa.Array | np.ndarray] = {}

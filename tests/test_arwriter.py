@@ -123,3 +123,15 @@ def test_write_records_without_fast_writer(tmp_path, monkeypatch):
 def test_nulls_are_refused(tmp_path):
     with pytest.raises(ValueError, match="null"):
         arwriter.write_uncompressed(str(tmp_path / "x.ar"), pa.array([b"a", None], pa.binary()), 2)
+
+
+def test_chunks_hashed_from_their_pieces_and_joined_alike(tmp_path, monkeypatch):
+    """The fragment hash (no copy of the values) is what runs here; without it the
+    pieces are joined and hashed whole, and both give ArrayRecordWriter's bytes."""
+    assert arwriter.writer_available() and arwriter._cat_fn is not None
+    sizes = [0, 5, 70_000, 3, USABLE - 50, 0, 131_000, 17]
+    _check(tmp_path, sizes, 3, np.random.default_rng(9))
+    monkeypatch.setattr(arwriter, "_cat_fn", None)
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    _check(joined, sizes, 3, np.random.default_rng(9))

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from spacefs import Dataset, errors
-from spacefs.engine.filters import predicate
+from spacefs.engine.filters import check_fields, predicate
 from spacefs.engine.runners import LocalRunner
 
 FRUIT = pa.schema([("id", pa.int64()), ("label", pa.string()), ("blob", pa.binary())])
@@ -316,3 +316,14 @@ def test_differential_reads_and_deletes_agree_with_duckdb(tmp_path):
                                                                    left.column("f").to_pylist(), strict=True))
             deleted += 1
     assert checked >= 320 and deleted >= 110 and pruned >= 15
+
+
+def test_unknown_field_check_is_cached_per_field_set():
+    """The answer for one expression is remembered per set of index fields: the same
+    filter is fine on a dataset that has the field and refused on one that lacks it,
+    however often and in whatever order it is checked."""
+    expr = (pc.field("score") >= 3) & (pc.field("score") < 5)
+    for _ in range(3):
+        check_fields(expr, ["id", "score"], ["blob"], "a")
+        with pytest.raises(errors.FilterError, match="not an index field"):
+            check_fields(expr, ["id", "label"], ["blob"], "b")

@@ -105,6 +105,12 @@ def test_tour_runs_as_written(tmp_path):
     finally:
         from spacefs.mount import launch, paths
 
+        pid = os.path.join(tour, "moto.pid")  # the tour's S3 server, if a failure left it running
+        if os.path.exists(pid):
+            try:
+                os.kill(int(open(pid).read()), 15)
+            except (ProcessLookupError, ValueError):
+                pass
         mnt = os.path.join(tour, "mnt")
         if os.path.isdir(mnt) and paths.mount_type(mnt) is not None:
             launch.unmount(mnt, lazy=True)

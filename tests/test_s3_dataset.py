@@ -85,13 +85,14 @@ def test_copy_refuses_to_mix_datasets(local_ds, s3_bucket, tmp_path):
         copy_dataset(str(tmp_path / "nothing"), s3_bucket + "/other")
 
 
-def test_the_engine_refuses_a_bucket_it_cannot_read_yet(local_ds, s3_bucket):
-    """``backend_for`` serves s3:// now, but ``Storage`` still opens manifests and record
-    files by local path: opening a dataset in a bucket is a clear error, not a misread."""
-    from spacefs.engine.errors import UserInputError
-    from spacefs.engine.storage import Storage
-
+def test_a_dataset_copied_to_a_bucket_is_read_and_written_there(local_ds, s3_bucket):
+    """Same layout object for object: the engine opens the uploaded dataset in place."""
     uri = s3_bucket + "/ds"
     copy_dataset(local_ds.location, uri)
-    with pytest.raises(UserInputError, match="object storage cannot be opened yet"):
-        Storage(uri)
+    remote = Dataset.load(uri)
+    want = sorted_rows(local_ds.local().read_all())
+    assert sorted_rows(remote.local().read_all()).equals(want)
+    assert sorted_rows(remote.local().read_all(version="v1")).equals(want)
+    assert remote.versions().equals(local_ds.versions())
+    remote.local().append(rows([1000]))
+    assert remote.num_rows() == want.num_rows + 1

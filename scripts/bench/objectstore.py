@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "tests"))
 from common import make_blobs  # noqa: E402
 from s3_util import MotoServer  # noqa: E402
 
+from spacefs import Dataset, RandomAccessDataSource  # noqa: E402
 from spacefs.engine.backend import backend_for  # noqa: E402
 from spacefs.engine.chunkcache import ChunkCache  # noqa: E402
 
@@ -160,6 +161,72 @@ def run(a, bucket: str, req: Requests) -> None:
     print(f"\nratios (spacefs / lance, < 1 is faster): write {t_put / t_lw:.2f}x, "
           f"cold take via cache {med(cold) / med(lance_t):.2f}x, via read_ranges {med(direct) / med(lance_t):.2f}x; "
           f"warm/cold {med(warm) / med(cold):.3f}x")
+    run_dataset(a, bucket, req, table, lance_uri, storage_options, t_lw, r_lw)
+
+
+def run_dataset(a, bucket: str, req: Requests, table: pa.Table, lance_uri: str, storage_options: dict,
+                t_lw: float, r_lw: dict) -> None:
+    """The same rows through the whole engine: a spacefs dataset in the bucket (create +
+    append, full scan, RandomAccessDataSource cold and warm, a one-row commit) against
+    the Lance dataset written above."""
+    n = table.num_rows
+    uri = f"s3://{bucket}/spacefs-ds"
+
+    def write():
+        ds = Dataset.create(uri, table.schema, primary_keys=["id"], record_fields=["blob"])
+        ds.local().append(table)
+
+    _, t_w, r_w = req.count(write)
+    want = table.sort_by("id")
+    rng = np.random.default_rng(1)
+    scan, lscan, cold, warm, ltake, commit, lcommit = [], [], [], [], [], [], []
+    r = {}
+    for rep in range(a.repeats):
+        got, t, r["scan"] = req.count(lambda: Dataset.load(uri).local().read_all())
+        # Each repeat commits one more row (id >= n) below.
+        assert got.sort_by("id").slice(0, n).equals(want) and got.num_rows == n + rep, "spacefs scan: other rows"
+        scan.append(t)
+        got, t, r["lscan"] = req.count(lambda: lance.dataset(lance_uri, storage_options=storage_options).to_table())
+        assert got.num_rows == n + rep
+        lscan.append(t)
+        ids = rng.choice(n, a.take, replace=False)
+        expect = table.column("blob").take(pa.array(ids)).to_pylist()
+        with tempfile.TemporaryDirectory(prefix="spacefs-cache-") as cdir:
+            def cold_take(i=ids, c=cdir):
+                src = RandomAccessDataSource({"blob": uri}, cache_dir=c)
+                return src, src.__getitems__(i)
+
+            (src, got), t, r["cold"] = req.count(cold_take)
+            assert got == expect, "spacefs take returned other rows"
+            cold.append(t)
+            got, t, r["warm"] = req.count(lambda s=src, i=ids: s.__getitems__(i))
+            assert got == expect
+            warm.append(t)
+            src.close()
+        taken, t, r["ltake"] = req.count(
+            lambda i=ids: lance.dataset(lance_uri, storage_options=storage_options).take(i, columns=["blob"]))
+        assert taken.column("blob").to_pylist() == expect, "lance returned other rows"
+        ltake.append(t)
+        one = pa.table({"id": pa.array([n + rep], pa.int64()), "blob": pa.array([b"x"], table.schema.field("blob").type)})
+        _, t, r["commit"] = req.count(lambda o=one: Dataset.load(uri).local().append(o))
+        commit.append(t)
+        _, t, r["lcommit"] = req.count(
+            lambda o=one: lance.write_dataset(o, lance_uri, mode="append", storage_options=storage_options))
+        lcommit.append(t)
+        print(f"dataset repeat {rep + 1}/{a.repeats} done", file=sys.stderr)
+
+    med = statistics.median
+    rows = [
+        (f"create + append {n:,} rows", t_w, r_w, t_lw, r_lw),
+        ("full scan (open + read_all / to_table)", med(scan), r["scan"], med(lscan), r["lscan"]),
+        (f"random access {a.take:,} rows, cold (open + take)", med(cold), r["cold"], med(ltake), r["ltake"]),
+        (f"random access {a.take:,} rows, warm cache", med(warm), r["warm"], med(ltake), r["ltake"]),
+        ("commit of one row (open + append)", med(commit), r["commit"], med(lcommit), r["lcommit"]),
+    ]
+    w = max(len(x[0]) for x in rows)
+    print(f"\n{'dataset operation':<{w}}  {'spacefs':<34}  {'lance':<34}  spacefs/lance")
+    for name, ts, rs, tl, rl in rows:
+        print(f"{name:<{w}}  {f'{ts:.3f}s ({fmt_reqs(rs)})':<34}  {f'{tl:.3f}s ({fmt_reqs(rl)})':<34}  {ts / tl:.2f}x")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import pyarrow as pa
 
 from spacefs.cli import echo_json, main, note, quiet
 from spacefs.engine import format as fmt
+from spacefs.engine.backend import is_remote
+from spacefs.engine.catalog import DirCatalog
 from spacefs.engine.dataset import Dataset
 from spacefs.engine.errors import NotFoundError, UserInputError
 from spacefs.engine.layout import name_collisions
@@ -38,7 +40,10 @@ _CELL_WIDTH = 48
 
 # -- helpers -------------------------------------------------------------------
 def open_storage(path: str) -> Storage:
-    """The dataset at directory ``path`` (a NotFoundError naming it if there is none)."""
+    """The dataset at directory ``path`` (a NotFoundError naming it if there is none), or
+    at ``s3://bucket/prefix`` (set up by the standard AWS variables)."""
+    if is_remote(path):
+        return Storage(path)
     if not os.path.isdir(path):
         raise NotFoundError(f"no dataset directory at {path}")
     return Storage(path)
@@ -144,9 +149,12 @@ def progress(iterable: Iterable, total: int | None, desc: str):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects, for programs.")
 def ls_cmd(catalog: str, as_json: bool) -> None:
     """List the datasets of CATALOG: kind, rows on main, latest snapshot, last change."""
-    if not os.path.isdir(catalog):
+    if is_remote(catalog):
+        cat = DirCatalog(catalog)
+        paths = [catalog] if cat.backend.exists(fmt.log_entry(0)) else [i.location for i in cat.datasets()]
+    elif not os.path.isdir(catalog):
         raise NotFoundError(f"no catalog directory at {catalog}")
-    if fmt.is_dataset(catalog):
+    elif fmt.is_dataset(catalog):
         paths = [catalog]  # a dataset directory lists itself
     else:
         paths = [os.path.join(catalog, n) for n in fmt.datasets_in(catalog)]
@@ -158,7 +166,7 @@ def ls_cmd(catalog: str, as_json: bool) -> None:
         return
     rows = []
     for path in progress(paths, len(paths), "datasets"):
-        name = os.path.basename(os.path.abspath(path))
+        name = path.rstrip("/").rsplit("/", 1)[-1] if is_remote(path) else os.path.basename(os.path.abspath(path))
         try:
             st = Storage(path)
             head = st.head()
@@ -345,6 +353,17 @@ def diff_cmd(dataset: str, from_version: str, to_version: str, limit: int, summa
 # -- sql -------------------------------------------------------------------------
 def _sql_sources(path: str, version: str | None) -> dict[str, tuple[Dataset, str | None]]:
     """``name -> (dataset, version)`` for a dataset directory or a catalog of them."""
+    if is_remote(path):
+        cat = DirCatalog(path)
+        if cat.backend.exists(fmt.log_entry(0)):
+            ds = open_dataset(path)
+            return {ds.name: (ds, version)}
+        if version is not None:
+            raise UserInputError("sql: --version applies to a dataset, not a catalog")
+        out = {i.name: (open_dataset(i.location), None) for i in cat.datasets()}
+        if not out:
+            raise NotFoundError(f"no datasets in {path}")
+        return out
     if fmt.is_dataset(path):
         ds = open_dataset(path)
         return {ds.name: (ds, version)}

@@ -7,6 +7,22 @@ import os
 import click
 
 from spacefs.cli import echo_json, main, note
+from spacefs.engine.errors import UserInputError
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``10G``, ``1048576``: a number of bytes with an optional binary unit."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    try:
+        n = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise UserInputError(f"bad size {text!r}: use a number of bytes with an optional unit, like 500M or 10G") from None
+    if n <= 0:
+        raise UserInputError(f"bad size {text!r}: it must be positive")
+    return int(n * _SIZE_UNITS[unit])
 
 
 @main.command()
@@ -23,8 +39,12 @@ from spacefs.cli import echo_json, main, note
 @click.option("--log", "log_file", type=click.Path(dir_okay=False),
               help="Daemon log file, kept after unmounting (default: beside the socket, removed by a clean umount).")
 @click.option("--debug", is_flag=True, help="Make the daemon log at debug level (every commit it sees, and more).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="With an s3:// SOURCE: keep record chunks read from the bucket in this directory.")
+@click.option("--cache-size", default="1G", show_default=True, metavar="SIZE",
+              help="Bytes the --cache-dir may hold, like 500M or 10G.")
 def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, writers: tuple[str, ...],
-          trust_views: bool, log_file: str | None, debug: bool) -> None:
+          trust_views: bool, log_file: str | None, debug: bool, cache_dir: str | None, cache_size: str) -> None:
     """Mount a catalog (or one dataset) directory SOURCE at MOUNTPOINT, read-only.
 
     Returns once the mount serves requests, the daemon running in the background.
@@ -34,9 +54,13 @@ def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, wri
 
     Writes over the control socket are the owner's and root's unless granted with
     --allow-writes-from; SECURITY.md describes the trust model.
+
+    SOURCE may be s3://bucket/prefix (set up by the AWS variables): records are read by
+    range, through a bounded local cache with --cache-dir.
     """
     from spacefs.mount import launch
 
+    size = parse_size(cache_size)
     if foreground:
         import logging
         import sys
@@ -55,10 +79,10 @@ def mount(source: str, mountpoint: str, foreground: bool, allow_other: bool, wri
                 click.echo(f"mounted {source} at {mountpoint}; Ctrl-C or 'spacefs umount {mountpoint}' to stop", err=True)
 
         daemon.run(source, mountpoint, allow_other=allow_other, allow_writes_from=writers, trust_views=trust_views,
-                   ready=ready, log_path=None)
+                   ready=ready, log_path=None, cache_dir=cache_dir, cache_size=size)
         return
     info = launch.start(source, mountpoint, allow_other=allow_other, allow_writes_from=writers,
-                        trust_views=trust_views, log=log_file, debug=debug)
+                        trust_views=trust_views, log=log_file, debug=debug, cache_dir=cache_dir, cache_size=size)
     note(f"mounted {info.source} at {info.mountpoint} (daemon pid {info.pid}, log {info.log})")
 
 

@@ -15,6 +15,7 @@ import click
 
 from spacefs.cli import main, note
 from spacefs.cli.engine_cmds import open_dataset
+from spacefs.engine.catalog import remove_from_bucket
 from spacefs.engine.errors import UserInputError
 
 
@@ -51,6 +52,10 @@ def rm_cmd(dataset: str, yes: bool) -> None:
             raise UserInputError(f"rm: removing {ds.location} cannot be undone; pass --yes to confirm")
         click.confirm(f"remove dataset {ds.location} and all its {ds.storage.head().last_snapshot_id + 1} "
                       "snapshots?", abort=True)
+    if ds.storage.remote:
+        remove_from_bucket(ds.storage.backend)
+        note(f"removed {ds.location}")
+        return
     # Renamed away first, so a crash mid-way never leaves a half-deleted dataset in place.
     trash = os.path.join(os.path.dirname(ds.location), f".{ds.name}.deleting-{os.getpid()}")
     os.rename(ds.location, trash)

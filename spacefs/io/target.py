@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 from spacefs.engine import Dataset
 from spacefs.engine import format as fmt
+from spacefs.engine.backend import is_remote, open_backend
+from spacefs.engine.catalog import remove_from_bucket
 from spacefs.engine.errors import AlreadyExistsError, NotFoundError, SchemaError, UserInputError
 from spacefs.engine.layout import check_relative_path
 
@@ -54,6 +56,8 @@ class ImportResult:
 
 
 def is_dataset(location: str) -> bool:
+    if is_remote(str(location)):  # on a bucket a dataset exists once its log entry 0 does
+        return open_backend(str(location)).exists(fmt.log_entry(0))
     return fmt.is_dataset(str(location))
 
 
@@ -100,7 +104,8 @@ def import_target(location: str, schema: pa.Schema, primary_keys: Sequence[str] 
                   file_layout: dict[str, str] | None = None, omit_records: bool = False) -> Iterator[tuple[Dataset, bool]]:
     """Yield ``(dataset, created)``: the existing dataset (fields checked against
     ``schema``), or a new one made from ``schema`` that is removed again on failure."""
-    location = os.path.abspath(str(location))
+    remote = is_remote(str(location))
+    location = str(location).rstrip("/") if remote else os.path.abspath(str(location))
     if is_dataset(location):
         ds = Dataset.load(location)
         check_fields(ds, schema, source, omit_records)
@@ -112,13 +117,16 @@ def import_target(location: str, schema: pa.Schema, primary_keys: Sequence[str] 
         return
     if not primary_keys:
         raise UserInputError(f"{location} is not a dataset yet: creating it needs a primary key (--primary-key)")
-    existed = os.path.exists(location)
+    existed = not remote and os.path.exists(location)
     if existed and (not os.path.isdir(location) or os.listdir(location)):
         raise AlreadyExistsError(f"{location} exists and is not a spacefs dataset")
     ds = Dataset.create(location, schema, list(primary_keys), list(record_fields or []), file_layout)
     try:
         yield ds, True
     except BaseException:
+        if remote:
+            remove_from_bucket(ds.storage.backend)
+            raise
         shutil.rmtree(location, ignore_errors=True)
         if existed:
             os.makedirs(location, exist_ok=True)
@@ -172,7 +180,7 @@ def counted(tables: Iterable[pa.Table], bar: tqdm, measure: Callable[[pa.Table],
 
 # -- exports -------------------------------------------------------------------
 def open_dataset(location: str) -> Dataset:
-    location = os.path.abspath(str(location))
+    location = str(location).rstrip("/") if is_remote(str(location)) else os.path.abspath(str(location))
     if not is_dataset(location):
         raise NotFoundError(f"no spacefs dataset at {location}")
     return Dataset.load(location)
