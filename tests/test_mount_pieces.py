@@ -9,6 +9,7 @@ import gc
 import os
 import tracemalloc
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from mount_util import mounted
@@ -105,6 +106,22 @@ def test_views_from_pieces_match_whole_snapshot_reads(tmp_path, monkeypatch, bou
             check_version(tree, storage, sid)
             assert tree.cache.nbytes <= bound
         assert tree.cache.peak <= bound
+
+
+def test_names_and_paths_whose_hashes_collide_are_told_apart(tmp_path, monkeypatch):
+    """Views find names and paths two files share by their hashes: with a hash where
+    names of one length all collide, every candidate is compared as a string."""
+    def weak(names: list[str]) -> np.ndarray:
+        return np.fromiter(map(len, names), dtype=np.int64, count=len(names))
+
+    monkeypatch.setattr(pieces, "name_hashes", weak)
+    monkeypatch.setattr(snapshot, "name_hashes", weak)
+    monkeypatch.setattr(snapshot, "SMALL_PIECE", 0)
+    ds = history(str(tmp_path / "d"), 30)
+    storage = Storage(ds.location)
+    with Tree(ds.location) as tree:
+        for sid in range(storage.head().last_snapshot_id + 1):
+            check_version(tree, storage, sid)
 
 
 def test_each_index_file_is_built_once_however_many_versions_hold_it(tmp_path):
