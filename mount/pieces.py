@@ -5,8 +5,10 @@ consecutive snapshots share almost all of theirs. What the mount needs from a fi
 computed per file: an ``IndexPiece`` (its rows as references, their ``rows/`` names and
 record references) and, per file layout, a ``FilesPiece`` (its rows' layout paths placed
 among themselves, the row written last winning within the file). A snapshot's view
-(``snapshot.SnapshotView``) combines its files' pieces with C-speed dict and list
-operations, so walking many versions costs the change between them, not their size.
+(``snapshot.SnapshotView``) looks names and paths up in its files' pieces (sorted names,
+the pieces' path dicts) and finds names or paths two files share by the pieces' string
+hashes, so walking many versions costs the change between them, not their size, in
+time and in memory.
 
 ``BUILDS`` counts the pieces built (tests check they follow the distinct files, not
 versions times files).
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import json
 import sys
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Hashable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spacefs.engine.layout import FilesIndex, key_names, layout_paths, place
 from spacefs.engine.refs import read_index
@@ -30,6 +34,9 @@ from .memlru import MemLRU
 
 BUILDS: Counter[str] = Counter()
 _ROW_OVERHEAD = 100  # bytes per row of Python objects not measured one by one (dict slots, ints)
+# bytes per piece of objects whatever its rows (Arrow's buffers and arrays, dicts, lists):
+# measured ~6 KiB for an index piece and its files piece of one row
+_INDEX_FIXED, _FILES_FIXED = 4096, 2048
 
 
 def _strings_bytes(items: list[str]) -> int:
@@ -70,9 +77,39 @@ class IndexPiece:
         self.cols: dict[str, pa.Array] = {c: t.column(c).combine_chunks() for c in t.column_names}
         self.names: list[str] = key_names(t, storage.primary_keys)
         self.refs = {f: Refs(t.column(f)) for f in storage.record_fields}
-        self.nbytes = (t.get_total_buffer_size() + _strings_bytes(self.names)
+        # Names looked up by bisection (a stable sort: among equal names the last row
+        # comes last, and wins), so a snapshot needs no name -> row map of its own.
+        by = _stable_order(self.names)
+        self.sorted_rows = by
+        self.sorted_names: list[str] = [self.names[i] for i in by.tolist()]
+        # (process-local string hashes, sorted: snapshots find names shared by files in C,
+        # merging these runs)
+        self.hashes = np.sort(name_hashes(self.names))
+        self.nbytes = (_INDEX_FIXED + t.get_total_buffer_size() + _strings_bytes(self.names)
+                       + sys.getsizeof(self.sorted_names)
+                       + by.nbytes + self.hashes.nbytes
                        + sum(r.nbytes() for r in self.refs.values()) + _ROW_OVERHEAD * self.n)
         BUILDS["index"] += 1
+
+    def find(self, name: str) -> int:
+        """The row of this file that shows ``name`` (the last one holding it), or -1."""
+        sn = self.sorted_names
+        i = bisect_right(sn, name) - 1
+        return int(self.sorted_rows[i]) if i >= 0 and sn[i] == name else -1
+
+
+def _stable_order(names: list[str]) -> np.ndarray:
+    """Row numbers sorting ``names`` (equal names in row order), as Python orders str
+    (UTF-8 bytes sort as code points do; names Arrow cannot encode are sorted here)."""
+    try:
+        by = pc.sort_indices(pa.array(names, pa.string())).to_numpy()
+    except (pa.ArrowException, UnicodeError):
+        by = np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
+    return by.astype(np.int32)
+
+
+def name_hashes(names: list[str]) -> np.ndarray:
+    return np.fromiter(map(hash, names), dtype=np.int64, count=len(names))
 
 
 class FilesPiece:
@@ -84,7 +121,16 @@ class FilesPiece:
         self.index: FilesIndex = place(self.paths, range(piece.n))
         self.file_paths = list(self.index.files)
         self.file_rows = np.fromiter(self.index.files.values(), dtype=np.int64, count=len(self.file_paths))
-        self.nbytes = (_strings_bytes([p for p in self.paths if p is not None]) + self.file_rows.nbytes
+        self.file_hashes = np.sort(name_hashes(self.file_paths))
+        self.dir_hashes = name_hashes([d for d in self.index.dirs if d])
+        # per directory, where its subdirectory entries are (a snapshot lists each once)
+        self.subdirs: dict[str, list[int]] = {}
+        for d, entries in self.index.dirs.items():
+            at = [j for j, e in enumerate(entries) if e[1]]
+            if at:
+                self.subdirs[d] = at
+        self.nbytes = (_FILES_FIXED + _strings_bytes([p for p in self.paths if p is not None]) + self.file_rows.nbytes
+                       + self.file_hashes.nbytes + self.dir_hashes.nbytes + 100 * len(self.index.dirs)
                        + 3 * _ROW_OVERHEAD * piece.n)
         BUILDS["files"] += 1
 

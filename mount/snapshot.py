@@ -4,8 +4,12 @@ A ``SnapshotView`` is built once per (dataset, snapshot) (its layout is its own)
 Parquet files alone (references, as ``reference_read=True`` reads them): record fields
 stay references, so the view knows every file's exact size and where its bytes lie
 without reading a record. The per-file work lives in pieces (``pieces``) shared between
-snapshots; a view combines them. Snapshots never change, so a view never needs
-invalidating; the tree keeps views and pieces in one cache bounded by memory (``memlru``).
+snapshots; a view answers from them (a name from the newest piece holding it, a path
+from the one piece holding it) and holds only what differs: the names of its small
+files and the rows a later row took the name or path of, so a view costs its change,
+not its rows, and many versions fit in the cache. Snapshots never change, so a view
+never needs invalidating; the tree keeps views and pieces in one cache bounded by
+memory (``memlru``).
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import sys
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Hashable, Sequence
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.types as pat
 
@@ -30,10 +35,15 @@ from spacefs.engine.layout import FilesIndex, place
 from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Storage
 
-from .pieces import FilesPiece, IndexPiece, PieceSource
+from .pieces import FilesPiece, IndexPiece, PieceSource, name_hashes
 from .recread import DECODED, INLINE_MAX, REMOTE_WHOLE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
+_EMPTY = np.zeros(0, dtype=np.int64)
+# Index files of at most this many rows have their names in the view's own dict: a
+# snapshot of many small files (commits since the last compaction) looks a name up once,
+# not once per file.
+SMALL_PIECE = 64
 
 
 def _ns(iso: str | None) -> int:
@@ -93,22 +103,28 @@ class SnapshotView:
         self._piece_ns: list[int] = []  # per piece: create time of the snapshot that wrote it
         self._order: list[int] = []  # pieces in write order, oldest first (ties: listed order)
         self._deps: list[tuple[Hashable, Any, int]] = []
-        self._names: list[str] | None = None
-        self._rows: Sequence[int] | None = None
-        self._by_name: dict[str, int] | None = None
-        self._files: FilesIndex | None = None
+        self._total = 0
+        self._rank: list[int] = []  # per piece: its place in ``_order``
+        self._big: list[int] = []  # pieces looked up one by one, newest first
+        self._small: dict[str, int] | None = None  # names of the small pieces -> rows (last wins)
+        # rows a row written later took the name of: sorted, and minus their index (maps
+        # a listing position to a row with one searchsorted)
+        self._shift = _EMPTY
+        self._files: Files | None = None
         self._own_bytes = 0
         self.collisions = {"rows": 0, "files": 0}  # names more than one row rendered
 
     # -- rows ------------------------------------------------------------------
     @property
     def rows_loaded(self) -> bool:
-        return self._by_name is not None
+        return self._small is not None
 
     def load_rows(self) -> None:
-        """Take the pieces of the snapshot's index files and index their rows by key;
-        where rows share a name the row written last wins."""
-        if self._by_name is not None:
+        """Take the pieces of the snapshot's index files. Names are looked up in the
+        pieces themselves, newest first (where rows share a name the row written last
+        wins), so the view holds only what is its own: the names of its small files
+        and the rows that lost their name (usually none)."""
+        if self._small is not None:
             return
         got = [self._source.index(rel) for rel, _ in self._entries]
         pieces = [p for _, p in got]
@@ -118,31 +134,27 @@ class SnapshotView:
             total += p.n
         sids = [s for _, s in self._entries]
         order = sorted(range(len(pieces)), key=sids.__getitem__)
-        by_name: dict[str, int] = {}
+        rank = [0] * len(pieces)
+        for r, i in enumerate(order):
+            rank[i] = r
+        small: dict[str, int] = {}
         for i in order:  # dict.update in write order: the row written last keeps the name
-            by_name.update(zip(pieces[i].names, range(starts[i], starts[i] + pieces[i].n), strict=True))
-        shared = len(pieces) == 1  # (then the piece's names are the listing as they are)
-        all_names = pieces[0].names if shared else list(chain.from_iterable(p.names for p in pieces))
-        names: list[str]
-        rows: Sequence[int]
-        dups = 0
-        if len(by_name) == total:
-            names, rows = all_names, range(total)
-        else:  # appends do not check keys: the row written last shows
-            dups = sum(1 for c in Counter(all_names).values() if c > 1)
-            rows = sorted(by_name.values())
-            names = [all_names[r] for r in rows]
+            if pieces[i].n <= SMALL_PIECE:
+                small.update(zip(pieces[i].names, range(starts[i], starts[i] + pieces[i].n), strict=True))
+        losers, dups = name_losers(pieces, starts, order)
+        if dups:  # appends do not check keys: the row written last shows
             log.warning("%s@%d: %d names are taken by more than one row; rows/ shows the row written last",
                         self.storage.name, self.sid, dups)
         self.collisions["rows"] = dups
         times = {s: _ns(self.storage.snapshot(s)["time"]) for s in set(sids)}
-        self._pieces, self._starts, self._order = pieces, starts, order
+        self._pieces, self._starts, self._order, self._rank, self._total = pieces, starts, order, rank, total
+        self._big = [i for i in reversed(order) if pieces[i].n > SMALL_PIECE]
+        self._shift = losers - np.arange(len(losers), dtype=np.int64) if len(losers) else _EMPTY
         self._piece_ns = [times[s] for s in sids]
         self._deps = [(k, p, p.nbytes) for k, p in got]
-        self._own_bytes = (sys.getsizeof(by_name) + 40 * total
-                           + (0 if shared and names is all_names else sys.getsizeof(names)))
-        self._names, self._rows = names, rows
-        self._by_name = by_name  # (last: rows_loaded says the rest is there)
+        self._own_bytes = (sys.getsizeof(small) + 32 * len(small) + self._shift.nbytes
+                           + 200 * len(pieces))
+        self._small = small  # (last: rows_loaded says the rest is there)
 
     def _loc(self, row: int) -> tuple[IndexPiece, int]:
         """The piece holding ``row`` and the row's number in it."""
@@ -156,16 +168,30 @@ class SnapshotView:
         return self._piece_ns[0 if len(self._starts) == 1 else bisect_right(self._starts, row) - 1]
 
     def __len__(self) -> int:
-        return len(self._names or ())
+        return self._total - len(self._shift)
 
     def row_name(self, i: int) -> tuple[str, int]:
-        """The ``i``-th row directory: its name and row number."""
-        assert self._names is not None and self._rows is not None
-        return self._names[i], self._rows[i]
+        """The ``i``-th row directory: its name and row number (rows in index order,
+        less those whose name a row written later took)."""
+        assert self._small is not None
+        row = i + int(np.searchsorted(self._shift, i, side="right")) if len(self._shift) else i
+        p, r = self._loc(row)
+        return p.names[r], row
 
     def row_by_name(self, name: str) -> int | None:
-        assert self._by_name is not None
-        return self._by_name.get(name)
+        assert self._small is not None
+        row = self._small.get(name)
+        above = -1 if row is None else self._rank[self._piece_of(row)]
+        for i in self._big:  # newest first: the first holding the name wins
+            if self._rank[i] < above:
+                break
+            r = self._pieces[i].find(name)
+            if r >= 0:
+                return self._starts[i] + r
+        return row
+
+    def _piece_of(self, row: int) -> int:
+        return 0 if len(self._starts) == 1 else bisect_right(self._starts, row) - 1
 
     # -- fields ----------------------------------------------------------------
     def fields_of(self, row: int) -> list[str]:
@@ -246,15 +272,14 @@ class SnapshotView:
         idx = combine_files(fps, self._starts, self._order)
         if idx.taken:
             log.warning("%s@%d: %d layout paths are taken by more than one row; files/ shows the row written last",
-                        self.storage.name, self.sid, len(idx.taken))
-        self.collisions["files"] = len(idx.taken)
+                        self.storage.name, self.sid, idx.taken)
+        self.collisions["files"] = idx.taken
         self._deps = self._deps + [(k, f, f.nbytes) for k, f in got]
-        if len(fps) != 1 or idx is not fps[0].index:
-            self._own_bytes += sys.getsizeof(idx.files) + 200 * len(idx.files)
+        self._own_bytes += idx.nbytes
         self._files = idx  # (last: files_loaded says the rest is there)
 
     @property
-    def files(self) -> FilesIndex:
+    def files(self) -> Files:
         assert self._files is not None
         return self._files
 
@@ -280,36 +305,163 @@ class SnapshotView:
         return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
 
 
-def combine_files(fps: list[FilesPiece], starts: list[int], order: list[int]) -> FilesIndex:
+def name_losers(pieces: list[IndexPiece], starts: list[int], order: list[int]) -> tuple[np.ndarray, int]:
+    """The rows (sorted) whose name a row written later also has, and how many names
+    more than one row has. Names are compared by their hashes first (one sort, in C);
+    only rows whose hash repeats are compared as strings."""
+    if not pieces:
+        return _EMPTY, 0
+    # (each piece's hashes are sorted: a stable sort merges the runs)
+    s = pieces[0].hashes if len(pieces) == 1 else np.sort(np.concatenate([p.hashes for p in pieces]), kind="stable")
+    same = s[1:] == s[:-1]
+    if not same.any():
+        return _EMPTY, 0
+    cand = np.unique(s[1:][same])
+    last: dict[str, int] = {}
+    seen: Counter[str] = Counter()
+    losers = []
+    for i in order:  # write order: the row written last keeps the name
+        p = pieces[i]
+        for r in np.flatnonzero(np.isin(name_hashes(p.names), cand)).tolist():
+            name = p.names[r]
+            seen[name] += 1
+            prev = last.get(name)
+            if prev is not None:
+                losers.append(prev)
+            last[name] = starts[i] + r
+    return np.sort(np.array(losers, dtype=np.int64)), sum(1 for c in seen.values() if c > 1)
+
+
+class Files:
+    """A snapshot's ``files/``: which paths are directories, the row of each file, and
+    each directory's entries ``(name, is_dir, row)`` (row -1 for directories)."""
+
+    taken = 0  # layout paths a row lost to a row written later
+    nbytes = 0  # bytes of the view's own (not its pieces')
+
+    def is_dir(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def file_row(self, path: str) -> int | None:
+        raise NotImplementedError
+
+    def entries(self, d: str) -> Sequence[tuple[str, bool, int]]:
+        raise NotImplementedError
+
+
+class PlacedFiles(Files):
+    """All rows placed in one tree (one index file, or files whose paths meet)."""
+
+    def __init__(self, idx: FilesIndex, own: bool):
+        self.idx = idx
+        self.taken = len(idx.taken)
+        self.nbytes = sys.getsizeof(idx.files) + 200 * len(idx.files) if own else 0
+
+    def is_dir(self, path: str) -> bool:
+        return path in self.idx.dirs
+
+    def file_row(self, path: str) -> int | None:
+        return self.idx.files.get(path)
+
+    def entries(self, d: str) -> Sequence[tuple[str, bool, int]]:
+        return self.idx.dirs.get(d, [])
+
+
+class StackedFiles(Files):
+    """Index files whose paths do not meet (the usual case), answered from their pieces:
+    a path is at most one file's, a directory lists its entries in each file in write
+    order (every subdirectory once). Nothing per row is held."""
+
+    def __init__(self, fps: list[FilesPiece], starts: list[int], order: list[int]):
+        self.fps, self.starts, self.order = fps, starts, order
+        self.newest = order[::-1]
+        self.taken = len(set().union(*(f.index.taken for f in fps)))
+        self.nbytes = 100 * len(fps)
+
+    def is_dir(self, path: str) -> bool:
+        return any(path in f.index.dirs for f in self.fps)
+
+    def file_row(self, path: str) -> int | None:
+        for i in self.newest:
+            r = self.fps[i].index.files.get(path)
+            if r is not None:
+                return self.starts[i] + r
+        return None
+
+    def entries(self, d: str) -> Sequence[tuple[str, bool, int]]:
+        segs: list[tuple[Sequence[tuple[str, bool, int]], int]] = []
+        seen: set[str] = set()
+        for i in self.order:
+            f = self.fps[i]
+            ents = f.index.dirs.get(d)
+            if not ents:
+                continue
+            drop = []
+            for j in f.subdirs.get(d, ()):
+                if ents[j][0] in seen:
+                    drop.append(j)
+                seen.add(ents[j][0])
+            if drop:
+                gone = set(drop)
+                ents = [e for j, e in enumerate(ents) if j not in gone]
+            segs.append((ents, self.starts[i]))
+        return _Entries(segs)
+
+
+class _Entries(Sequence):
+    """Directory entries of several pieces one after the other, rows made global."""
+
+    def __init__(self, segs: list[tuple[Sequence[tuple[str, bool, int]], int]]):
+        self.segs = segs
+        self.ends = list(accumulate(len(e) for e, _ in segs))
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        k = bisect_right(self.ends, i)
+        if k == len(self.segs):
+            raise IndexError(i)
+        ents, start = self.segs[k]
+        name, is_dir, row = ents[i - (self.ends[k - 1] if k else 0)]
+        return (name, True, -1) if is_dir else (name, False, row + start)
+
+
+def _paths_meet(fps: list[FilesPiece]) -> bool:
+    """Whether two files' rows take the same path, or one's file is another's directory
+    (hashes first, in C; candidates compared as strings)."""
+    fh = np.sort(np.concatenate([f.file_hashes for f in fps]), kind="stable")  # (sorted runs: merged)
+    dh = np.unique(np.concatenate([f.dir_hashes for f in fps]))
+    at = np.minimum(np.searchsorted(fh, dh), max(len(fh) - 1, 0))
+    cand = np.union1d(fh[1:][fh[1:] == fh[:-1]], dh[fh[at] == dh] if len(fh) else dh[:0])
+    if not len(cand):
+        return False
+    files: set[str] = set()
+    for f in fps:
+        for j in np.flatnonzero(np.isin(name_hashes(f.file_paths), cand)).tolist():
+            p = f.file_paths[j]
+            if p in files:
+                return True
+            files.add(p)
+    return any(p in f.index.dirs for p in files for f in fps)
+
+
+def combine_files(fps: list[FilesPiece], starts: list[int], order: list[int]) -> Files:
     """The ``files/`` tree of a snapshot from its files' pieces (``order``: pieces in
-    write order). Pieces whose paths do not meet (the usual case) are merged as they
-    are; otherwise all rows are placed again, the row written last winning."""
+    write order). Pieces whose paths do not meet (the usual case) are answered from as
+    they are; otherwise all rows are placed again, the row written last winning."""
+    if not fps:
+        return PlacedFiles(FilesIndex(), own=False)
     if len(fps) == 1 and starts == [0]:
-        return fps[0].index
-    files: dict[str, int] = {}
-    for i in order:
-        f = fps[i]
-        files.update(zip(f.file_paths, (f.file_rows + starts[i]).tolist(), strict=True))
-    meet = len(files) != sum(len(f.file_paths) for f in fps) or \
-        any(not files.keys().isdisjoint(f.index.dirs.keys()) for f in fps)
-    if meet:
-        paths = list(chain.from_iterable(f.paths for f in fps))
-        return place(paths, [starts[i] + r for i in order for r in range(len(fps[i].paths))])
-    idx = FilesIndex()
-    idx.files = files
-    seen: set[str] = set()
-    for i in order:
-        f, s = fps[i], starts[i]
-        idx.taken |= f.index.taken
-        for d, entries in f.index.dirs.items():
-            out = idx.dirs.setdefault(d, [])
-            for name, is_dir, r in entries:
-                if not is_dir:
-                    out.append((name, False, r + s))
-                elif (child := f"{d}/{name}" if d else name) not in seen:
-                    seen.add(child)
-                    out.append((name, True, -1))
-    return idx
+        return PlacedFiles(fps[0].index, own=False)
+    if not _paths_meet(fps):
+        return StackedFiles(fps, starts, order)
+    paths = list(chain.from_iterable(f.paths for f in fps))
+    return PlacedFiles(place(paths, [starts[i] + r for i in order for r in range(len(fps[i].paths))]), own=True)
 
 
 class RowNames(Sequence):

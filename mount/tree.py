@@ -384,9 +384,9 @@ class Tree:
         if k == FILES:
             v = self.view(ds, parent.sid, io, files=True)
             path = f"{parent.name}/{name}" if parent.name else name
-            if path in v.files.dirs:
+            if v.files.is_dir(path):
                 return Node(FILES, ds, parent.sid, name=path, inc=parent.inc)
-            row = v.files.files.get(path)
+            row = v.files.file_row(path)
             if row is not None:
                 return Node(FILE, ds, parent.sid, row, path, parent.inc)
             raise _enoent(name)
@@ -436,7 +436,7 @@ class Tree:
             return [(f, Node(FIELD, ds, node.sid, node.row, f, inc=node.inc)) for f in v.fields_of(node.row)]
         if k == FILES:
             v = self.view(ds, node.sid, io, files=True)
-            entries = v.files.dirs.get(node.name, [])
+            entries = v.files.entries(node.name)
             base = f"{node.name}/" if node.name else ""
             return _Seq(len(entries), lambda i: (entries[i][0], Node(FILES, ds, node.sid, name=base + entries[i][0], inc=node.inc)
                                                  if entries[i][1] else Node(FILE, ds, node.sid, entries[i][2], base + entries[i][0], node.inc)))

@@ -5,8 +5,11 @@ cache's bytes within its bound however many versions are walked."""
 
 from __future__ import annotations
 
+import gc
 import os
+import tracemalloc
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from mount_util import mounted
@@ -22,7 +25,7 @@ from spacefs.engine.layout import (
 )
 from spacefs.engine.reads import read_all
 from spacefs.engine.storage import Storage
-from spacefs.mount import pieces
+from spacefs.mount import pieces, snapshot
 from spacefs.mount.memlru import MemLRU
 from spacefs.mount.tree import FILES, ROWS, Node, Tree, _ns
 
@@ -71,6 +74,8 @@ def check_version(tree: Tree, storage: Storage, sid: int) -> None:
     by_name, files, dirs, times = reference(storage, sid)
     rows = listed(tree, Node(ROWS, storage.name, sid))
     assert {n: node.row for n, node in rows.items()} == by_name
+    assert [node.row for node in rows.values()] == sorted(by_name.values())  # rows/ lists in row order
+    written = {r: i for i, r in enumerate(write_order(row_snapshots(storage.index_entries(sid), len(times), sid)))}
     for n, node in rows.items():
         assert tree.lookup(Node(ROWS, storage.name, sid), n) == node
         assert tree.attrs(node).mtime_ns == times[node.row]
@@ -78,7 +83,10 @@ def check_version(tree: Tree, storage: Storage, sid: int) -> None:
     while stack:
         d = stack.pop()
         assert d in dirs
-        for node in listed(tree, Node(FILES, storage.name, sid, name=d)).values():
+        entries = listed(tree, Node(FILES, storage.name, sid, name=d)).values()
+        order = [written[node.row] for node in entries if node.kind != FILES]
+        assert order == sorted(order)  # a directory lists its files in write order
+        for node in entries:
             if node.kind == FILES:
                 stack.append(node.name)
             else:
@@ -87,8 +95,10 @@ def check_version(tree: Tree, storage: Storage, sid: int) -> None:
     assert got == files
 
 
-@pytest.mark.parametrize("bound", [256 << 20, 128 << 10])  # (the walk needs ~1 MiB: the small one evicts)
-def test_views_from_pieces_match_whole_snapshot_reads(tmp_path, bound):
+@pytest.mark.parametrize("bound", [256 << 20, 384 << 10])  # (the walk needs ~1.6 MiB: the small one evicts)
+@pytest.mark.parametrize("small", [0, 5, 64])  # names looked up in each piece, in the view's dict, or both
+def test_views_from_pieces_match_whole_snapshot_reads(tmp_path, monkeypatch, bound, small):
+    monkeypatch.setattr(snapshot, "SMALL_PIECE", small)
     ds = history(str(tmp_path / "d"), 60)
     storage = Storage(ds.location)
     with Tree(ds.location, cache_bytes=bound) as tree:
@@ -96,6 +106,22 @@ def test_views_from_pieces_match_whole_snapshot_reads(tmp_path, bound):
             check_version(tree, storage, sid)
             assert tree.cache.nbytes <= bound
         assert tree.cache.peak <= bound
+
+
+def test_names_and_paths_whose_hashes_collide_are_told_apart(tmp_path, monkeypatch):
+    """Views find names and paths two files share by their hashes: with a hash where
+    names of one length all collide, every candidate is compared as a string."""
+    def weak(names: list[str]) -> np.ndarray:
+        return np.fromiter(map(len, names), dtype=np.int64, count=len(names))
+
+    monkeypatch.setattr(pieces, "name_hashes", weak)
+    monkeypatch.setattr(snapshot, "name_hashes", weak)
+    monkeypatch.setattr(snapshot, "SMALL_PIECE", 0)
+    ds = history(str(tmp_path / "d"), 30)
+    storage = Storage(ds.location)
+    with Tree(ds.location) as tree:
+        for sid in range(storage.head().last_snapshot_id + 1):
+            check_version(tree, storage, sid)
 
 
 def test_each_index_file_is_built_once_however_many_versions_hold_it(tmp_path):
@@ -157,3 +183,38 @@ def test_a_real_mount_walks_rows_of_a_hundred_versions(tmp_path, monkeypatch):
             got = {os.path.relpath(os.path.join(d, n), os.path.join(ver, "files"))
                    for d, _, names in os.walk(os.path.join(ver, "files")) for n in names}
             assert got == {f"{r['label']}/{r['name']}" for r in want}
+
+
+def test_a_view_costs_the_change_not_the_rows(tmp_path):
+    """Versions that differ by a row share their large index file: a view of one more
+    of them holds memory for its new row and file, not for the 5,000 rows it shows,
+    and the cache counts about what it really holds."""
+    n = 5000
+    ds = Dataset.create(str(tmp_path / "d"), SCHEMA, ["id"], ["img"], file_layout=LAYOUT)
+    ds.local().append({"id": list(range(n)), "label": [f"l{i % 10}" for i in range(n)],
+                       "name": [f"{i}.bin" for i in range(n)], "img": [b"v0-%d" % i for i in range(n)]})
+    for c in range(1, 7):  # the same row each time: the 4,999 others stay in one file
+        ds.local().upsert({"id": [0], "label": [f"m{c}"], "name": ["0.bin"], "img": [b"v%d" % c]})
+
+    def load(tree: Tree, sid: int) -> None:
+        assert len(listed(tree, Node(ROWS, ds.name, sid))) == n
+        assert tree.lookup(Node(ROWS, ds.name, sid), str(n - 1)).row is not None
+        assert tree.lookup(Node(FILES, ds.name, sid, name="l9"), f"{n - 1}.bin").kind != FILES
+        assert set(listed(tree, Node(FILES, ds.name, sid))) == {f"l{i}" for i in range(1, 10)} | {"l0", f"m{sid - 1}"}
+
+    with Tree(ds.location) as tree:
+        for sid in (2, 3):
+            load(tree, sid)
+        for sid in (4, 5, 6, 7):  # (the storage's own caches of their snapshots, not measured)
+            tree.view(ds.name, sid, True)
+        gc.collect()
+        tracemalloc.start()
+        arrow0, counted0 = pa.total_allocated_bytes(), tree.cache.nbytes
+        for sid in (4, 5, 6, 7):
+            load(tree, sid)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes() - arrow0
+        tracemalloc.stop()
+        counted = tree.cache.nbytes - counted0
+    assert held < 4 * (32 << 10), held  # (a view of all rows: ~300 bytes a row, 1.5 MB each)
+    assert held / 2 <= counted <= 2 * held, (counted, held)
