@@ -44,8 +44,9 @@ REMOTE_POLL_INTERVAL = 2.0
 # because a descriptor caches nothing the page cache does not: reopening a record file
 # costs an open, an fstat and a map (tens of microseconds), while every descriptor kept
 # for a file of an old version readers touched once is held for the whole window, and
-# the set of such files grows with the history readers wander through.
-IDLE_CLOSE = float(os.environ.get("SPACEFS_IDLE_CLOSE", "10"))
+# the set of such files grows with the history readers wander through: what stays open
+# is the files read in the last few seconds, however long the history.
+IDLE_CLOSE = float(os.environ.get("SPACEFS_IDLE_CLOSE", "2"))
 # The kernel's read-ahead for the mount, in KiB. Its default, 128, makes a sequential
 # reader cost one request per 128 KiB; at 1024 each request carries up to 1 MiB (the
 # most libfuse accepts), 8x fewer round trips. Only root may set it (sysfs).
