@@ -46,8 +46,11 @@ SMALL_FILE = 64 << 10  # read whole at open() when it needs no disk access
 # The kernel keeps an entry it looked up (and so our inode for it) until memory pressure
 # evicts it: with snapshot entries cached for a day, a mount walking new versions would
 # hold ever more. Past this many, the daemon asks the kernel to drop the entries looked
-# up longest ago (they come back on the next lookup); the kernel then forgets the inodes.
-INODES_KEPT = int(os.environ.get("SPACEFS_INODES_KEPT", "16384"))
+# up longest ago (they come back on the next lookup); the kernel then forgets the inodes,
+# and with them their cached pages. So the bound must hold a training set's working set:
+# 10,000 small records are 20,000 inodes (row directories and files), and past the bound
+# every epoch rereads them through the daemon. An inode costs the daemon ~0.7 KB.
+INODES_KEPT = int(os.environ.get("SPACEFS_INODES_KEPT", "65536"))
 # Read-ahead and DataLoader workers keep several reads in flight: the kernel's default
 # of 12 outstanding background requests would queue them behind each other.
 MAX_BACKGROUND = 64
