@@ -449,10 +449,7 @@ class RecordReader:
                     raise OSError(f"short read: {b - a} bytes at {p} of {names[f]} (truncated record file?)")
             for i in np.flatnonzero(~plain & (hi > lo)).tolist():
                 _read_logical_into(fds[int(fidx[starts[i]])], int(lstart[starts[i]]), view[int(lo[i]):int(hi[i])])
-        large = total >= (1 << 31)
-        typ = pa.large_binary() if large else pa.binary()
-        odt = np.int64 if large else np.int32
-        return pa.Array.from_buffers(typ, len(refs), [None, pa.py_buffer(offsets.astype(odt)), buf])
+        return binary_array(offsets, buf)
 
     def close(self) -> None:
         """Nothing to close: the pool owns the files (kept so old callers still work)."""
@@ -550,6 +547,15 @@ def _skip(iov: list, n: int) -> list:
         out.append(memoryview(b)[n:])
         n = 0
     return out
+
+
+def binary_array(offsets: np.ndarray, data, validity=None, null_count: int = -1) -> pa.Array:
+    """A binary column over ``data`` cut at ``offsets`` (n + 1 int64 values), without a
+    copy: ``large_binary`` when the values pass 2 GiB, ``binary`` otherwise."""
+    large = int(offsets[-1]) >= (1 << 31)
+    offs = offsets.astype(np.int64 if large else np.int32, copy=False)
+    return pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), len(offsets) - 1,
+                                 [validity, pa.py_buffer(offs), data], null_count=null_count)
 
 
 def clamp_length(size: int, start: int, length: int | None) -> int:

@@ -21,7 +21,7 @@ from .backend import Backend, open_backend
 from .chunkcache import DEFAULT_SIZE, ChunkCache
 from .errors import UserInputError
 from .objstore import pool
-from .records import _logical, _phys, _phys_end_vec, _strip_headers, clamp_length
+from .records import _logical, _phys, _phys_end_vec, _strip_headers, binary_array, clamp_length
 
 
 def read_records(backend: Backend, path: str, offsets: Sequence[int] | np.ndarray,
@@ -132,13 +132,11 @@ def _binary_column(vals: list[bytes], live: np.ndarray, valid: np.ndarray | None
     n = len(valid) if valid is not None else len(vals)
     sizes = np.zeros(n, dtype=np.int64)
     sizes[live] = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
-    large = int(sizes.sum()) >= (1 << 31)
-    offsets = np.zeros(n + 1, dtype=np.int64 if large else np.int32)
+    offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), n,
-                                 [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(vals))],
-                                 null_count=-1 if valid is None else int(n - len(live)))
+    return binary_array(offsets, pa.py_buffer(b"".join(vals)), bitmap,
+                        -1 if valid is None else int(n - len(live)))
 
 
 _CACHES: dict[str, ChunkCache | None] = {}
