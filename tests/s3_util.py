@@ -51,6 +51,14 @@ class MotoServer:
             "AWS_DEFAULT_REGION": REGION,
         }
 
+    def storage_options(self, monkeypatch) -> dict[str, str]:
+        """The same settings as a ``storage_options`` dict, with the AWS variables removed
+        from the environment (``monkeypatch``): what the options reach, they reach alone."""
+        for key in self.env:
+            monkeypatch.delenv(key, raising=False)
+        return {"endpoint": self.endpoint, "aws_access_key_id": ACCESS_KEY,
+                "aws_secret_access_key": SECRET_KEY, "region": REGION}
+
     def start(self, timeout: float = 60.0) -> None:
         argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         env = {**os.environ, **self.server_env}

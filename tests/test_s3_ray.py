@@ -34,10 +34,7 @@ def local_ray():
 
 def test_ray_dataset_reads_a_bucket_with_storage_options_only(s3_bucket, moto_server, monkeypatch):
     # Neither the driver nor the workers have the AWS variables: the options travel.
-    for key in moto_server.env:
-        monkeypatch.delenv(key)
-    options = {"endpoint": moto_server.endpoint, "aws_access_key_id": "testing",
-               "aws_secret_access_key": "testing", "region": "us-east-1"}
+    options = moto_server.storage_options(monkeypatch)
     uri = s3_bucket + "/ds"
     ds = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"], storage_options=options)
     ds.local().append(rows(range(3000)))
@@ -51,10 +48,7 @@ def test_ray_dataset_reads_a_bucket_with_storage_options_only(s3_bucket, moto_se
 def test_ray_runner_writes_and_reads_a_bucket(s3_bucket, moto_server, monkeypatch):
     from spacefs import RayOptions
 
-    for key in moto_server.env:
-        monkeypatch.delenv(key)
-    options = {"endpoint": moto_server.endpoint, "aws_access_key_id": "testing",
-               "aws_secret_access_key": "testing", "region": "us-east-1"}
+    options = moto_server.storage_options(monkeypatch)
     ds = Dataset.create(s3_bucket + "/ds", SCHEMA, primary_keys=["id"], record_fields=["feature"],
                         storage_options=options)
     r = ds.ray(ray_options=RayOptions(max_parallelism=2))

@@ -82,10 +82,7 @@ def test_bucket_dataset_copies_to_disk_and_back(s3_bucket, tmp_path):
 
 
 def test_storage_options_instead_of_the_environment(s3_bucket, moto_server, monkeypatch):
-    for key in moto_server.env:
-        monkeypatch.delenv(key)
-    options = {"endpoint": moto_server.endpoint, "aws_access_key_id": "testing",
-               "aws_secret_access_key": "testing", "region": "us-east-1"}
+    options = moto_server.storage_options(monkeypatch)
     uri = s3_bucket + "/opts"
     ds = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"], storage_options=options)
     # Every operation reads and writes through the backend (nothing falls back to a
@@ -242,10 +239,7 @@ def test_torch_loader_with_spawned_workers_reads_a_bucket_without_the_variables(
 
     from spacefs.torch_data import TorchMapDataset
 
-    for key in moto_server.env:
-        monkeypatch.delenv(key)
-    options = {"endpoint": moto_server.endpoint, "aws_access_key_id": "testing",
-               "aws_secret_access_key": "testing", "region": "us-east-1"}
+    options = moto_server.storage_options(monkeypatch)
     uri = s3_bucket + "/ds"
     ds = Dataset.create(uri, SCHEMA, primary_keys=["id"], record_fields=["feature"], storage_options=options)
     ds.local().append(rows(range(40)))
