@@ -13,6 +13,7 @@ medians of the timed repeats. Dirty pages are written back (untimed) after each 
 
     .venv/bin/python scripts/bench/engine.py            # full size, a few minutes
     .venv/bin/python scripts/bench/engine.py --quick    # smoke run, seconds
+    .venv/bin/python scripts/bench/engine.py --only relabel,mutations   # the write paths only
 """
 
 from __future__ import annotations
@@ -509,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--history", type=int, default=None,
                    help=f"snapshots of history for the commit-cost rows (default {HISTORY_LARGE:,}; 200 with --quick)")
+    p.add_argument("--only", default=None, metavar="PARTS",
+                   help="comma-separated parts to run after the write: scan, filtered, random, relabel, "
+                        "mutations, history (default all)")
     args = p.parse_args(argv)
     rows, repeats = resolve_size(args)
     history = args.history if args.history is not None else (200 if args.quick else HISTORY_LARGE)
@@ -518,13 +522,16 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     with scratch(args, "spacefs-bench-engine-") as root:
         bench = EngineBench(root, rows, repeats, history, args.quick)
+        parts = {"scan": bench.scan, "filtered": bench.filtered_scans, "random": bench.random_access,
+                 "relabel": bench.relabel, "mutations": bench.mutations, "history": bench.history_cost}
+        only = args.only.split(",") if args.only else list(parts)
+        unknown = set(only) - set(parts)
+        if unknown:
+            raise SystemExit(f"--only: unknown parts {sorted(unknown)}")
         bench.write()
-        bench.scan()
-        bench.filtered_scans()
-        bench.random_access()
-        bench.relabel()
-        bench.mutations()
-        bench.history_cost()
+        for name in parts:  # always in this order: later parts start from the state earlier ones leave
+            if name in only:
+                parts[name]()
     total = time.perf_counter() - started
     print(f"\nspacefs engine benchmark: {rows:,} rows (int64 id, string label, 4 KiB blob), median of "
           f"{repeats} timed repeats after a warm-up, systems interleaved, warm page cache for every system; "
