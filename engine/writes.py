@@ -264,6 +264,12 @@ def check_unique_keys(table: pa.Table, keys: list[str], what: str) -> pa.Table:
     k = table.select(keys)
     if k.num_rows < 2:
         return k
+    if len(keys) == 1 and pa.types.is_integer(k.schema[0].type):
+        # One integer key (the common case): a sort finds repeats in 0.1 ms where the
+        # group-by takes 4 ms for 2,000 rows (its Acero plan).
+        ids = np.sort(k.column(0).to_numpy())
+        if (ids[1:] != ids[:-1]).all():
+            return k
     counts = k.group_by(keys).aggregate([([], "count_all")])
     dup = counts.filter(pc.greater(counts.column("count_all"), 1))
     if dup.num_rows:
@@ -297,16 +303,18 @@ def key_mask(file_keys: pa.Table, keys: pa.Table) -> np.ndarray:
     return mask
 
 
-def _sorted_key_mask(column: pa.ChunkedArray, keys: pa.ChunkedArray) -> np.ndarray | None:
+def _sorted_key_mask(column: pa.ChunkedArray, keys: pa.ChunkedArray, k: np.ndarray | None = None) -> np.ndarray | None:
     """``key_mask`` of an ascending integer key column (an append of sorted rows, and
-    every rewrite of it), by binary search of each key: 0.4 ms where the hash lookup
-    takes 3 ms (200,000 rows, 2,000 keys). None when the column is not such a column."""
+    every rewrite of it), by binary search of each key: 1.1 ms where the hash lookup
+    takes 4 ms (200,000 rows, 2,000 keys). None when the column is not such a column.
+    ``k``: the keys' sorted distinct values, if at hand."""
     if not pa.types.is_integer(column.type) or column.type != keys.type or column.null_count or keys.null_count:
         return None
     ids = column.to_numpy()
     if len(ids) > 1 and not (ids[1:] >= ids[:-1]).all():
         return None
-    k = np.unique(keys.to_numpy())
+    if k is None:
+        k = np.unique(keys.to_numpy())
     lo, hi = np.searchsorted(ids, k, "left"), np.searchsorted(ids, k, "right")
     hit = hi > lo
     # Each key found covers the rows [lo, hi) (a key stored twice, appends do not check):
@@ -315,6 +323,32 @@ def _sorted_key_mask(column: pa.ChunkedArray, keys: pa.ChunkedArray) -> np.ndarr
     edges[lo[hit]] += 1
     edges[hi[hit]] -= 1
     return np.cumsum(edges[:-1]) > 0
+
+
+class KeyMatcher:
+    """``key_mask(file_keys, keys)`` for one set of ``keys`` and many files, with what
+    can be prepared once prepared once: a single integer key's sorted values (for the
+    binary search of ascending files) and the hash lookup's value set."""
+
+    def __init__(self, keys: pa.Table):
+        self.keys = keys
+        self.sorted: np.ndarray | None = None
+        self.values: pa.Array | None = None
+        if keys.num_columns == 1:
+            col = keys.column(0)
+            self.values = col.combine_chunks()
+            if pa.types.is_integer(col.type) and not col.null_count:
+                self.sorted = np.unique(col.to_numpy())
+
+    def __call__(self, file_keys: pa.Table) -> np.ndarray:
+        if self.values is None:
+            return key_mask(file_keys, self.keys)
+        column = file_keys.column(self.keys.column_names[0])
+        if self.sorted is not None:
+            m = _sorted_key_mask(column, self.keys.column(0), self.sorted)
+            if m is not None:
+                return m
+        return pc.is_in(column, value_set=self.values).to_numpy(zero_copy_only=False)
 
 
 # A survivor of a rewrite larger than twice this is written as several index files at
@@ -532,7 +566,7 @@ def plan_insert(storage: Storage, keys: pa.Table, new_entries: list[dict[str, An
 
 def plan_upsert(storage: Storage, writer: FileWriter, keys: pa.Table, new_entries: list[dict[str, Any]], base: int) -> Plan:
     plan = Plan(added=[])
-    RowRemover(storage, writer).remove(base, key_filter(keys), lambda t: key_mask(t, keys), plan,
+    RowRemover(storage, writer).remove(base, key_filter(keys), KeyMatcher(keys), plan,
                                         mask_columns=storage.primary_keys)
     plan.added += new_entries
     return plan
@@ -549,7 +583,7 @@ def plan_partial_upsert(storage: Storage, writer: FileWriter, keys: pa.Table, in
     plan = Plan(added=[])
     remover = RowRemover(st, writer)
     try:
-        remover.remove(base, key_filter(keys), lambda t: key_mask(t, keys), plan, mask_columns=pk)
+        remover.remove(base, key_filter(keys), KeyMatcher(keys), plan, mask_columns=pk)
         stored = remover.removed_rows
         if stored is None:
             stored = st.index_schema.empty_table()

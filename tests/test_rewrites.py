@@ -4,16 +4,22 @@ recomputation of the rows after every change."""
 
 from __future__ import annotations
 
+import os
+
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from spacefs import Dataset
 from spacefs.engine.options import FileOptions
+from spacefs.engine.writes import FileWriter
 
-from conftest import SCHEMA
+from conftest import SCHEMA, rows
+
+writes_write_index = FileWriter.write_index
 
 
 def _check(ds: Dataset, model: dict[int, tuple[str, bytes]]) -> None:
@@ -99,3 +105,34 @@ def test_delete_by_a_string_field_and_small_files(tmp_path):
         model.pop(k, None)
     _check(ds, model)
     assert all(e["rows"] <= 50 for e in ds.storage.index_entries(ds.storage.resolve(None)))
+
+
+def _data_files(ds: Dataset) -> set[str]:
+    root = ds.location
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(os.path.join(root, "data")) for f in fs}
+
+
+@pytest.mark.parametrize("failing", ["rewrite", "new rows"])
+def test_failed_upsert_leaves_no_file(tmp_path, monkeypatch, failing):
+    """The new rows' files are written while the touched files are rewritten: when
+    either side fails, neither side's files stay behind, and nothing is committed."""
+    from spacefs.engine import writes
+
+    ds = Dataset.create(str(tmp_path / "ds"), SCHEMA, ["id"], ["feature"])
+    ds.local().append(rows(range(100)))
+    before, snap = _data_files(ds), ds.snapshot_id()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"{failing} failed")
+
+    if failing == "rewrite":
+        monkeypatch.setattr(writes, "_merged_entry", boom)  # after the probes, with the data write under way
+        ds.local().append(rows(range(200, 210)))  # a second small file: the survivors get merged
+        before, snap = _data_files(ds), ds.snapshot_id()
+    else:
+        monkeypatch.setattr(writes.FileWriter, "write_index", lambda self, index, rewrite_of=None: (
+            boom() if rewrite_of is None else writes_write_index(self, index, rewrite_of)))
+    with pytest.raises(RuntimeError, match="failed"):
+        ds.local().upsert(rows([5, 205, 1000], tag="x"))
+    assert _data_files(ds) == before
+    assert Dataset.load(ds.location).snapshot_id() == snap
