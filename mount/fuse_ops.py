@@ -51,6 +51,12 @@ SMALL_FILE = 64 << 10  # read whole at open() when it needs no disk access
 # 10,000 small records are 20,000 inodes (row directories and files), and past the bound
 # every epoch rereads them through the daemon. An inode costs the daemon ~0.7 KB.
 INODES_KEPT = int(os.environ.get("SPACEFS_INODES_KEPT", "65536"))
+# Trimming is work for the kernel and the daemon both: an invalidated directory takes its
+# looked-up children with it (after ``ls`` of 100,000 rows, ~100,000 ``forget``s), and the
+# notifying thread contends for the GIL with the loop. Run right after a big listing, it
+# slowed the next workload (a 256 MiB read) ~3x. So the daemon trims once no request came
+# for ``TRIM_IDLE`` seconds, or at once past twice the bound.
+TRIM_IDLE = 0.5
 # Read-ahead and DataLoader workers keep several reads in flight: the kernel's default
 # of 12 outstanding background requests would queue them behind each other.
 MAX_BACKGROUND = 64
@@ -140,6 +146,10 @@ class InodeTable:
         while len(self._entries) > keep:
             out.append(self._entries.popitem(last=False)[1])
         return out
+
+    def looked_up(self) -> int:
+        """How many entries the kernel may hold (looked up and not yet handed out by ``over``)."""
+        return len(self._entries)
 
     def release_unused(self, ino: int) -> None:
         if ino != pyfuse3.ROOT_INODE and not self._count.get(ino):
@@ -241,6 +251,7 @@ class FuseOps(pyfuse3.Operations):
         self.nursery: trio.Nursery | None = None
         self._dirs: dict[int, tuple[Node, Sequence[tuple[str, Node]]]] = {}
         self._next_fh = 1
+        self.last_request = -float("inf")  # trio clock of the latest lookup, readdir or read
 
     # -- plumbing --------------------------------------------------------------
     async def _ask(self, fn: Callable, *args: Any) -> Any:
@@ -285,6 +296,7 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        self.last_request = trio.current_time()
         parent = self.inodes.node(parent_inode)
         try:  # the hot path of every path walk: no extra coroutine, no thread
             child, a = self._lookup(parent, os.fsdecode(name), False)
@@ -327,6 +339,7 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        self.last_request = trio.current_time()
         _, children = self._dirs[fh]
         i = start_id
         n = len(children)
@@ -402,6 +415,7 @@ class FuseOps(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self.last_request = trio.current_time()
         f = self._files[fh] if not self.enable_zero_message_open else await self._inode_file(fh)
         if off >= f.size or size <= 0:
             return b""
@@ -409,39 +423,29 @@ class FuseOps(pyfuse3.Operations):
         if f.data is not None:
             return f.data[off : off + size]
         first, last = off // CHUNK, (off + size - 1) // CHUNK
-        if not f.sequential(off, off + size) and any(k not in f.chunks and k not in f.pending
-                                                     for k in range(first, last + 1)):
-            # A random reader gets what it asked for: a whole chunk per 4 KiB read
-            # would read hundreds of times the bytes served.
-            return await self._exact(f, off, size)
-        if first == last:
-            chunk = f.chunks.get(first)
-            if chunk is None and first not in f.pending:
-                start = first * CHUNK
-                try:  # the whole chunk straight from the page cache, on the loop (RWF_NOWAIT)
-                    chunk = memoryview(self.tree.read(f.node, start, min(CHUNK, f.size - start), io=False))
-                    f.chunks[first] = chunk
-                    while len(f.chunks) > CHUNKS_KEPT:
-                        f.chunks.popitem(last=False)
-                except NeedsIO:
-                    pass
-            if chunk is not None:  # (no read-ahead: the page cache is serving this file)
-                f.last_chunk = first
-                rel = off - first * CHUNK
-                return chunk[rel : rel + size]
+        sequential = f.sequential(off, off + size)
+        if any(k not in f.chunks and k not in f.pending for k in range(first, last + 1)):
+            # Not (all) fetched ahead: the exact bytes straight from the page cache, on the loop
+            # (RWF_NOWAIT). The kernel's own read-ahead already makes a sequential
+            # reader's requests large, so there is nothing to gain from whole chunks, and
+            # no copy to keep: the buffer is freed with the reply and the next request
+            # reuses it while it is still in the CPU cache (keeping 1 MiB chunks cycled
+            # several MiB through the cache and cost ~0.1 ms per request).
+            try:
+                data = self.tree.read(f.node, off, size, io=False)
+                f.last_chunk = last  # (no read-ahead: the page cache is serving this file)
+                return data
+            except NeedsIO:
+                pass
+            if not sequential:
+                # A random reader gets what it asked for: a whole chunk per 4 KiB read
+                # would read hundreds of times the bytes served.
+                return await trio.to_thread.run_sync(self.tree.read, f.node, off, size, limiter=self.limiter)
         self._ahead(f, last)
         parts = [await self._chunk(f, k) for k in range(first, last + 1)]
         data = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
         rel = off - first * CHUNK
         return data[rel : rel + size]
-
-    async def _exact(self, f: _File, off: int, size: int) -> bytes:
-        """Bytes ``[off, off+size)`` alone: from the page cache on the loop, else in a
-        worker thread."""
-        try:
-            return self.tree.read(f.node, off, size, io=False)
-        except NeedsIO:
-            return await trio.to_thread.run_sync(self.tree.read, f.node, off, size, limiter=self.limiter)
 
     def _ahead(self, f: _File, k: int) -> None:
         """A reader moving forward through chunk ``k``: fetch the next chunks in the
@@ -454,7 +458,16 @@ class FuseOps(pyfuse3.Operations):
         f.last_chunk = k
 
     async def _prefetch(self, f: _File, k: int) -> None:
-        if f.closed:
+        if f.closed or k in f.chunks or k in f.pending:
+            return
+        start = k * CHUNK
+        try:  # already in the page cache? Then the reader is served from there, inline
+            self.tree.read(f.node, start, min(CHUNK, f.size - start), io=False)
+            return  # (kept chunks would feed the reader and start more prefetches: a
+            # page-cached file would go through worker threads and cycled buffers)
+        except NeedsIO:
+            pass
+        except Exception:  # the reader will ask again and get the error itself
             return
         try:
             await self._chunk(f, k)
@@ -561,10 +574,14 @@ class FuseOps(pyfuse3.Operations):
         await trio.to_thread.run_sync(send, limiter=self._notify_limiter)
         return len(calls)
 
-    async def trim_inodes(self, keep: int = INODES_KEPT) -> int:
+    async def trim_inodes(self, keep: int = INODES_KEPT, idle: float = TRIM_IDLE) -> int:
         """Bound the inodes the kernel makes us keep: ask it to drop the entries looked
-        up longest ago beyond ``keep`` (it sends ``forget`` for their inodes when it has).
+        up longest ago beyond ``keep`` (it sends ``forget`` for their inodes when it has),
+        once no request came for ``idle`` seconds or at once past ``2 * keep``.
         Returns how many entries were dropped."""
+        if (trio.current_time() - self.last_request < idle
+                and self.inodes.looked_up() <= 2 * keep):
+            return 0
         old = self.inodes.over(keep)
         if old and self.notifier is not None:
             notifier = self.notifier

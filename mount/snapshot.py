@@ -36,7 +36,7 @@ from spacefs.engine.records import RecordReader
 from spacefs.engine.storage import Storage
 
 from .pieces import FilesPiece, IndexPiece, PieceSource, name_hashes
-from .recread import DECODED, INLINE_MAX, REMOTE_WHOLE_MAX, read_range
+from .recread import AHEAD, DECODED, INLINE_MAX, REMOTE_WHOLE_MAX, physical, read_range
 
 log = logging.getLogger("spacefs.mount")
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -248,7 +248,10 @@ class SnapshotView:
             if h is None:
                 return None
             try:
-                return read_range(h.fd, off, start, length, nowait=not io)
+                data = read_range(h.fd, off, start, length, nowait=not io)
+                if io and start == 0 and length == size:  # a whole record, not in the page cache
+                    AHEAD.missed((reader.root, rel), h.fd, physical(off, 0), physical(off, length))
+                return data
             finally:
                 pool.release(h)
         # A compressed file: the record decodes only whole, so keep it for the next piece.

@@ -351,3 +351,25 @@ def test_sequential_reads_fetch_ahead(tmp_path):
             await ops.release(fi.fh)
 
     trio.run(main)
+
+
+def test_inodes_are_trimmed_once_idle_or_far_past_the_bound(ops):
+    async def main():
+        for i in range(12):
+            await walk(ops, f"versions/1/rows/{i}/image")
+        n = ops.inodes.looked_up()
+        assert n > 12
+        # busy (a request just now) and within twice the bound: later
+        assert await ops.trim_inodes(keep=n // 2 + 1, idle=60) == 0
+        assert ops.notifier.entries == []
+        # busy but past twice the bound: at once
+        assert await ops.trim_inodes(keep=n // 3, idle=60) == n - n // 3
+        assert len(ops.notifier.entries) == n - n // 3
+        # idle: down to the bound
+        await walk(ops, "versions/1/rows/20/image")
+        ops.last_request -= 61
+        left = ops.inodes.looked_up()
+        assert await ops.trim_inodes(keep=2, idle=60) == left - 2
+        assert ops.inodes.looked_up() == 2
+
+    trio.run(main)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 from mount_util import mounted
 
 from spacefs import DirCatalog, FileOptions
-from spacefs.mount.recread import Decoded
+from spacefs.mount.recread import Ahead, Decoded
 
 SCHEMA = pa.schema([("id", pa.int64()), ("blob", pa.binary())])
 PAGE = 4096
@@ -99,3 +100,36 @@ def test_decoded_records_decode_once_under_concurrency_and_stay_within_budget():
     assert cache.get("r") is None and cache.get("s") == b"123456" and cache.used == 6
     assert cache.fetch("huge", lambda: b"x" * 11) == b"x" * 11  # bigger than the budget: not kept
     assert cache.get("huge") is None and cache.get("s") == b"123456"
+
+
+def test_read_ahead_follows_a_reader_striding_forward_and_not_a_shuffled_one(tmp_path):
+    path = str(tmp_path / "records")
+    with open(path, "wb") as f:
+        f.write(random.Random(4).randbytes(8 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        shuffled = Ahead(window=1 << 20)
+        for pos in (6 << 20, 1 << 20, 4 << 20, 0, 7 << 20):  # misses far apart
+            shuffled.missed("f", fd, pos, pos + 15_000)
+        assert shuffled.hints == 0
+        # ImageFolder over rows written class by class in turn: every tenth record
+        strided = Ahead(window=1 << 20)
+        for i in range(3):
+            strided.missed("f", fd, i * 150_000, i * 150_000 + 15_000)
+        assert strided.hints == 2
+        # what follows the latest miss comes into the page cache without anyone reading it
+        end = 2 * 150_000 + 15_000
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if os.preadv(fd, [bytearray(256 << 10)], end + (512 << 10), os.RWF_NOWAIT) == 256 << 10:
+                    break
+            except BlockingIOError:
+                pass
+            assert time.monotonic() < deadline, "the read-ahead never arrived"
+            time.sleep(0.01)
+    finally:
+        os.close(fd)
