@@ -210,7 +210,7 @@ class RecordReader:
             return b""
         h = self.pool.lease(self.root, rel)
         try:
-            pos = _phys(_logical(offset) + start)
+            pos = record_position(offset, start)
             if pos % BLOCK + length <= BLOCK:
                 return os.pread(h.fd, length, pos)
             return read_record_range(h.fd, offset, start, length)  # type: ignore[return-value]
@@ -509,16 +509,24 @@ def gather_iovecs(out: memoryview, pos: int, scratch: memoryview, max_iov: int =
     return iov, pos
 
 
-def read_record_range(fd: int, record_offset: int, start: int, length: int, nowait: bool = False) -> bytearray | None:
+def record_position(record_offset: int, start: int) -> int:
+    """File position of byte ``start`` of the record at physical ``record_offset``."""
+    return _phys(_logical(record_offset) + start)
+
+
+def read_record_range(fd: int, record_offset: int, start: int, length: int, nowait: bool = False) -> memoryview | None:
     """Bytes ``[start, start+length)`` of the record at physical ``record_offset``;
-    None when ``nowait`` and the bytes are not all in the page cache."""
+    None when ``nowait`` and the bytes are not all in the page cache.
+
+    The buffer is left uninitialised (``np.empty``, not a zeroed ``bytearray``): ``preadv``
+    overwrites all of it, and zeroing 1 MiB cost ~11 us of a ~55 us FUSE read."""
     if length <= 0:
-        return bytearray()
+        return memoryview(b"")
     if nowait and not _NOWAIT:
         return None
-    pos = _phys(_logical(record_offset) + start)
-    out = bytearray(length)
-    iov, end = gather_iovecs(memoryview(out), pos, memoryview(bytearray(BLOCK_HEADER)))
+    pos = record_position(record_offset, start)
+    out = memoryview(np.empty(length, np.uint8))
+    iov, end = gather_iovecs(out, pos, memoryview(bytearray(BLOCK_HEADER)))
     want = end - pos
     got = 0
     while got < want:

@@ -16,22 +16,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-import numpy as np
-
-from spacefs.engine.records import BLOCK, BLOCK_HEADER, USABLE, gather_iovecs
+from spacefs.engine.records import read_record_range as read_range  # noqa: F401 (re-export)
+from spacefs.engine.records import record_position as physical  # noqa: F401 (re-export)
 
 INLINE_MAX = 1 << 20  # longest read tried on the event loop
 DECODED_BUDGET = 128 << 20  # bytes of decoded compressed records kept, all datasets together
 REMOTE_WHOLE_MAX = 8 << 20  # records of a bucket up to this size are fetched whole (no chunk cache)
 AHEAD_WINDOW = 2 << 20  # read-ahead of a record file after nearby misses (``Ahead``)
-
-_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
-
-
-def physical(record_offset: int, start: int) -> int:
-    """File position of byte ``start`` of the record at physical ``record_offset``."""
-    logical = (record_offset // BLOCK) * USABLE + max(record_offset % BLOCK - BLOCK_HEADER, 0) + start
-    return logical + BLOCK_HEADER * (logical // USABLE + 1)
 
 
 class Ahead:
@@ -70,48 +61,6 @@ class Ahead:
             os.posix_fadvise(fd, end, self.window, os.POSIX_FADV_WILLNEED)
         except OSError:  # a hint only
             pass
-
-
-def read_range(fd: int, record_offset: int, start: int, length: int, nowait: bool = False) -> memoryview | None:
-    """Bytes ``[start, start+length)`` of the record at physical ``record_offset``, or
-    None when ``nowait`` and they are not all in the page cache.
-
-    The engine's ``read_record_range`` with one difference that matters per FUSE request:
-    the buffer is left uninitialised (``np.empty``) instead of zeroed (``bytearray``),
-    since ``preadv`` overwrites all of it; zeroing 1 MiB cost ~11 us of a ~55 us read.
-    """
-    if length <= 0:
-        return memoryview(b"")
-    if nowait and not _NOWAIT:
-        return None
-    pos = physical(record_offset, start)
-    out = memoryview(np.empty(length, np.uint8))
-    iov, end = gather_iovecs(out, pos, memoryview(bytearray(BLOCK_HEADER)))
-    want, got = end - pos, 0
-    while got < want:
-        rest = iov if not got else _skip(iov, got)
-        try:
-            n = os.preadv(fd, rest, pos + got, _NOWAIT if nowait else 0)
-        except BlockingIOError:
-            return None
-        if n == 0:
-            raise OSError(f"short read of a record: {got} of {want} bytes")
-        if nowait and got + n < want:
-            return None  # partly cached: let a worker thread read it whole
-        got += n
-    return out
-
-
-def _skip(iov: list[memoryview], n: int) -> list[memoryview]:
-    """``iov`` without its first ``n`` bytes."""
-    out = []
-    for b in iov:
-        if n >= len(b):
-            n -= len(b)
-            continue
-        out.append(b[n:])
-        n = 0
-    return out
 
 
 class Decoded:
