@@ -30,7 +30,7 @@ from .writes import FileWriter
 # field per group, large enough that per-file overhead vanishes, small enough to
 # stream without holding the dataset in memory.
 GROUP_BYTES = 512 << 20
-# Index files up to this size are read whole and decoded from memory (_read_index).
+# Index files up to this size are read whole and decoded from memory (read_index_files).
 SMALL_INDEX_BYTES = 1 << 20
 
 
@@ -101,7 +101,7 @@ def _groups(st: Storage, sid: int, max_rows: int) -> Iterator[pa.Table]:
             rows += r
             nbytes += b
             if rows >= max_rows or nbytes >= GROUP_BYTES or i == len(paths) - 1:
-                t = _read_index(st, group)
+                t = read_index_files(st, group)
                 for part in _by_bytes(st, t):
                     yield resolve_records(st, part, reader)
                 group, rows, nbytes = [], 0, 0
@@ -109,7 +109,7 @@ def _groups(st: Storage, sid: int, max_rows: int) -> Iterator[pa.Table]:
         reader.close()  # one descriptor per small file: never keep them past the scan
 
 
-def _read_index(st: Storage, paths: list[str]) -> pa.Table:
+def read_index_files(st: Storage, paths: list[str]) -> pa.Table:
     """The rows of many index files at once.
 
     With many small files the per-file cost dominates, so each small file is read
