@@ -119,7 +119,9 @@ def _small(e: dict[str, Any], record_bytes: dict[str, int]) -> bool:
 def add_merge(storage: Storage, base: int, p: Plan, options: FileOptions | None = None) -> None:
     """Add to ``p`` (planned against ``base``) the merge of a tier of small files."""
     st = storage
-    live = st.live_files(base)
+    # The columns a merge needs: converting every file's min/max structs cost more
+    # than deciding what to merge.
+    live = st.live_files(base).select(["kind", "path", "rows", "bytes", "snapshot_id", "record_files"])
     kinds = live.column("kind")
     rec = live.filter(pc.equal(kinds, RECORD))
     record_bytes = dict(zip(rec.column("path").to_pylist(), rec.column("bytes").to_pylist(), strict=True))

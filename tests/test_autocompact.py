@@ -225,3 +225,22 @@ def test_small_writes_merge_in_a_bucket(s3_bucket):
         assert content(ds, sid) == want, sid
     assert content(ds, None) == {**expected[12], 2: ("2u.jpg", b"data2u"), 7: ("7u.jpg", b"data7u")}
     assert apply(content(ds, 5), ds.local().diff(5, None)) == content(ds, None)
+
+
+def test_small_manifest_cancel_agrees_with_arrow():
+    """Manifest lists of up to SMALL_CANCEL_ROWS rows are cancelled in Python: the same
+    rows as the Arrow version, legacy removals (null snapshot id) and nulls included."""
+    from spacefs.engine.manifest import _cancel_arrow, _cancel_small
+
+    rnd = random.Random(1)
+    for _ in range(500):
+        n = rnd.randint(0, 30)
+        t = pa.table({
+            "status": pa.array([rnd.choice([1, -1, 1, 0]) for _ in range(n)], pa.int8()),
+            "path": pa.array([None if rnd.random() < 0.05 else rnd.choice("abcd") for _ in range(n)], pa.string()),
+            "snapshot_id": pa.array([rnd.choice([1, 2, 3, None]) for _ in range(n)], pa.int64()),
+            "row": pa.array(range(n), pa.int64()),
+        })
+        want = _cancel_arrow(t)
+        assert _cancel_small(t).equals(want), t.to_pylist()
+        assert _cancel_small(t, adds_only=True).equals(want.filter(pc.equal(want.column("status"), 1))), t.to_pylist()
