@@ -58,7 +58,7 @@ def one_row_appends(ds: Dataset, ids) -> dict[int, dict]:
 
 def test_one_row_appends_leave_logarithmic_files_and_exact_versions(ds):
     expected = one_row_appends(ds, range(100))
-    # About log2(100) files of sizes 64, 32, 4 (+ the tiers not yet merged), not 100.
+    # About log2(100) files (64, 32, 3 + the newest), not 100.
     assert count(ds, INDEX) <= 8
     assert count(ds, RECORD) <= 8
     assert ds.storage.snapshot(ds.snapshot_id())["stats"]["index_files"] == count(ds, INDEX)
@@ -73,12 +73,12 @@ def test_one_row_appends_leave_logarithmic_files_and_exact_versions(ds):
 
 
 def test_merged_files_are_marked_rewrite_and_replace_what_they_merge(ds):
-    one_row_appends(ds, range(3))  # the third append merges the first two
-    delta = ds.storage.manifests.read(ds.storage.snapshot(3)["delta"]).to_pylist()
+    one_row_appends(ds, range(5))  # the fifth append merges the first four
+    delta = ds.storage.manifests.read(ds.storage.snapshot(5)["delta"]).to_pylist()
     adds = [r for r in delta if r["status"] == 1 and r["kind"] == INDEX]
-    assert sorted((r["rows"], r["rewrite"]) for r in adds) == [(1, False), (2, True)]
+    assert sorted((r["rows"], r["rewrite"]) for r in adds) == [(1, False), (4, True)]
     gone = {r["path"] for r in delta if r["status"] == -1}
-    assert {r["path"] for r in live(ds, 2).to_pylist()} <= gone  # both index files and their records
+    assert {r["path"] for r in live(ds, 4).to_pylist()} <= gone  # every index file and its records
     assert count(ds, INDEX) == 2 and count(ds, RECORD) == 2
 
 
@@ -183,9 +183,11 @@ def test_merges_can_be_turned_off(ds):
 
 
 @pytest.mark.parametrize("sizes,expected", [
-    ([1], []), ([1, 1], [0, 1]), ([2, 1, 1], [0, 1, 2]), ([4, 2, 1], []),
-    ([4, 2, 1, 1], [0, 1, 2, 3]),  # the carry goes all the way up: one file written
-    ([8, 3, 1], []), ([9000, 1, 1], [1, 2]),  # a large file never takes part
+    ([1], []), ([1, 1, 1], []), ([1, 1, 1, 1], [0, 1, 2, 3]),  # the lowest tier merges in fours
+    ([2, 1, 1, 1], []), ([4, 1, 1, 1, 1], [0, 1, 2, 3, 4]),  # ... and carries into the next tier
+    ([8, 4, 2, 1, 1, 1, 1], [0, 1, 3, 4, 5, 6]),  # the carry goes up (past the 2): one file written
+    ([16, 8, 3, 1, 1], []), ([16, 16, 1], [0, 1]),  # above the lowest tier, two files are full
+    ([9000, 1, 1, 1, 1], [1, 2, 3, 4]),  # a large file never takes part
 ])
 def test_pick_merges_a_full_tier_and_its_carry(sizes, expected):
     entries = [{"path": f"f{i}", "rows": n, "snapshot_id": i, "record_files": [f"r{i}"]} for i, n in enumerate(sizes)]
