@@ -111,7 +111,9 @@ def pick(entries: list[dict[str, Any]], record_bytes: dict[str, int]) -> list[di
         tiers.pop(_tier(rows))
         chosen += nxt
         rows += sum(e["rows"] for e in nxt)
-    return sorted(chosen, key=lambda e: (e["snapshot_id"], e["path"]))
+    # Oldest rows first, so reads keep the order rows were written in: by the commit
+    # that added the file, a merge's output before that commit's own rows.
+    return sorted(chosen, key=lambda e: (e["snapshot_id"], not e.get("rewrite"), e["path"]))
 
 
 def _tier(rows: int) -> int:
@@ -132,7 +134,7 @@ def add_merge(storage: Storage, base: int, p: Plan, options: FileOptions | None 
     st = storage
     # The columns a merge needs: converting every file's min/max structs cost more
     # than deciding what to merge.
-    live = st.live_files(base).select(["kind", "path", "rows", "bytes", "snapshot_id", "record_files"])
+    live = st.live_files(base).select(["kind", "path", "rows", "bytes", "snapshot_id", "rewrite", "record_files"])
     kinds = live.column("kind")
     rec = live.filter(pc.equal(kinds, RECORD))
     record_bytes = dict(zip(rec.column("path").to_pylist(), rec.column("bytes").to_pylist(), strict=True))
@@ -149,5 +151,7 @@ def add_merge(storage: Storage, base: int, p: Plan, options: FileOptions | None 
         writer.cleanup()
         raise
     p.temp_files += writer.written
-    p.added += [{**e, "rewrite": True} if e["kind"] == INDEX else e for e in entries]
+    # Before the write's own files: the merged rows are older, and reads follow the
+    # order of the file list.
+    p.added[:0] = [{**e, "rewrite": True} if e["kind"] == INDEX else e for e in entries]
     p.removed += chosen

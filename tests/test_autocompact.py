@@ -246,3 +246,8 @@ def test_small_manifest_cancel_agrees_with_arrow():
         want = _cancel_arrow(t)
         assert _cancel_small(t).equals(want), t.to_pylist()
         assert _cancel_small(t, adds_only=True).equals(want.filter(pc.equal(want.column("status"), 1))), t.to_pylist()
+
+
+def test_reads_keep_the_order_rows_were_written_in(ds):
+    one_row_appends(ds, range(70))
+    assert ds.local().read_all(fields=["id"]).column("id").to_pylist() == list(range(70))
