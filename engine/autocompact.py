@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from .compact import read_index_files
@@ -32,7 +33,7 @@ from .manifest import INDEX, RECORD
 from .options import FileOptions
 from .reads import resolve_records
 from .storage import Plan, Storage
-from .writes import FileWriter
+from .writes import FileWriter, recently_written
 
 # Files of a tier merged into one. 2 keeps the fewest files (about log2(n) after n
 # one-row writes: a compaction or full scan opens few) at the cost of rewriting each
@@ -143,7 +144,7 @@ def add_merge(storage: Storage, base: int, p: Plan, options: FileOptions | None 
     chosen = pick([e for e in idx if e["path"] not in gone], record_bytes)
     if not chosen:
         return
-    rows = resolve_records(st, read_index_files(st, [e["path"] for e in chosen]))
+    rows = _rows_of(st, chosen)
     writer = FileWriter(st, options)
     try:
         entries = writer.write(rows)
@@ -155,3 +156,22 @@ def add_merge(storage: Storage, base: int, p: Plan, options: FileOptions | None 
     # order of the file list.
     p.added[:0] = [{**e, "rewrite": True} if e["kind"] == INDEX else e for e in entries]
     p.removed += chosen
+
+
+def _rows_of(st: Storage, chosen: list[dict[str, Any]]) -> pa.Table:
+    """The rows of the ``chosen`` index files in their order, records resolved: from
+    what this process wrote lately when it has them, else read in one batch."""
+    cached = [recently_written(st.location, e["path"]) for e in chosen]
+    missing = [e for e, t in zip(chosen, cached, strict=True) if t is None]
+    read = resolve_records(st, read_index_files(st, [e["path"] for e in missing])) if missing else None
+    if read is not None and read.num_rows != sum(e["rows"] for e in missing):
+        # The manifest's row counts cut the batch into files: never trust them blindly.
+        raise RuntimeError(f"{st.name}: index files hold {read.num_rows} rows, their manifest says "
+                           f"{sum(e['rows'] for e in missing)}")
+    parts, at = [], 0
+    for e, t in zip(chosen, cached, strict=True):
+        if t is None:
+            t = read.slice(at, e["rows"])  # type: ignore[union-attr]
+            at += e["rows"]
+        parts.append(t.cast(st.schema))
+    return pa.concat_tables(parts)
