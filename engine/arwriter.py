@@ -257,21 +257,37 @@ class _ChunkOut:
         self.at = begin  # where the pending pieces go
         self.iov: list[memoryview | bytes] = []
 
-    def write(self, data: np.ndarray | bytes | list[np.ndarray], ctype: str, nrec: int, decoded: int) -> None:
+    def write(self, data: np.ndarray | bytes | list[np.ndarray], ctype: str, nrec: int, decoded: int,
+              zeros: bool = False) -> None:
         """Write a chunk whose data is ``data``, or the concatenation of its pieces (they
-        go out as they are: Arrow's value bytes are neither copied nor joined)."""
+        go out as they are: Arrow's value bytes are neither copied nor joined).
+
+        With ``zeros`` (the data is all zero: a padding chunk) the data is not written
+        but skipped, like the zero padding after any chunk: the file gets holes, which
+        read as zeros. A one-row file's 64 KiB padding then costs neither a write nor
+        a disk block (it was written, read back and punched out)."""
         pieces = data if isinstance(data, list) else [np.frombuffer(data, dtype=np.uint8)]
         size = sum(len(p) for p in pieces)
         dhash = _hash_pieces(pieces)
         tail = struct.pack("<QQQQ", size, dhash, ord(ctype) | (nrec << 8), decoded)
         self._emit(struct.pack("<Q", _hash_bytes(tail)) + tail)
-        for piece in pieces:
+        if zeros:
+            self._skip(self.end - self.pos)
+        for piece in [] if zeros else pieces:
             self._emit(memoryview(piece))
-        while self.pos < self.end:  # zero padding (records cannot share a position)
+        self._skip(self.end - self.pos)  # zero padding (records cannot share a position)
+        self.flush()
+
+    def _skip(self, n: int) -> None:
+        """Leave ``n`` bytes of zeros unwritten (block headers in them are written)."""
+        end = self.pos + n
+        while self.pos < end:
             if self.pos % BLOCK == 0:
                 self._block_header()
-            self._add(bytes(min(self.end - self.pos, BLOCK - self.pos % BLOCK)))
-        self.flush()
+            take = min(end - self.pos, BLOCK - self.pos % BLOCK)
+            self.flush()
+            self.pos += take
+            self.at = self.pos
 
     def _block_header(self) -> None:
         words = struct.pack("<QQ", self.pos - self.begin, self.end - self.pos)
@@ -308,11 +324,11 @@ class _ChunkOut:
 
 
 def _write_chunk(fd: int, begin: int, data: np.ndarray | bytes | list[np.ndarray], ctype: str, nrec: int,
-                 decoded: int) -> int:
+                 decoded: int, zeros: bool = False) -> int:
     """Write a chunk at ``begin`` (its data in one piece or several); return its end."""
     size = sum(len(p) for p in data) if isinstance(data, list) else len(data)
     end = _chunk_end(begin, size, nrec)
-    _ChunkOut(fd, begin, end).write(data, ctype, nrec, decoded)
+    _ChunkOut(fd, begin, end).write(data, ctype, nrec, decoded, zeros)
     return end
 
 
@@ -323,7 +339,7 @@ def _padding(fd: int, pos: int) -> int:
         return pos
     if length < CHUNK_HEADER:
         length += USABLE
-    return _write_chunk(fd, pos, bytes(length - CHUNK_HEADER), "p", 0, 0)
+    return _write_chunk(fd, pos, bytes(length - CHUNK_HEADER), "p", 0, 0, zeros=True)
 
 
 def _binary_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +415,7 @@ def write_uncompressed(path: str, values: pa.Array, group: int, threads: int = 2
         pos = _padding(fd, pos)
         post = b"\x08" + _varint(footer_begin) + b"\x10" + _varint(MAGIC)
         pos = _write_chunk(fd, pos, _simple_chunk([post] * 3), "r", 3, 3 * len(post))
-        _padding(fd, pos)
+        os.ftruncate(fd, _padding(fd, pos))  # the padding at the end is a hole: give the file its length
     finally:
         os.close(fd)
     return positions + BLOCK_HEADER * (positions // USABLE + 1)

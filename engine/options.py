@@ -17,6 +17,8 @@ class FileOptions:
     one Parquet row group of an index file: readers skip row groups by their min/max
     statistics, so a narrow key range reads a few groups instead of the whole file
     (8,192 rows measured as cheap to write and to scan as one big group).
+    ``merge_small_files``: a write's commit also merges small files earlier writes left
+    (``engine/autocompact.py``), so many small writes leave O(log n) files, not n.
     """
 
     max_index_rows: int = 1_000_000
@@ -24,6 +26,7 @@ class FileOptions:
     parquet_compression: str = "lz4"
     sync: bool = False
     index_row_group_rows: int = 8192
+    merge_small_files: bool = True
 
 
 @dataclass(frozen=True)

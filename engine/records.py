@@ -152,9 +152,8 @@ def write_records(path: str, values: pa.Array, options: str = "") -> np.ndarray:
     avg = max(nbytes // max(n, 1), 1)
     group = max(1, min(MAX_GROUP, TARGET_CHUNK_BYTES // avg))
     if not options and arwriter.writer_available():
-        offsets = arwriter.write_uncompressed(path, values, group)
-        punch_zero_pages(path)  # a small file's 64 KiB padding costs no disk
-        return offsets
+        # Its padding is left as holes: a small file's 64 KiB of zeros costs no disk.
+        return arwriter.write_uncompressed(path, values, group)
     # Uncompressed chunks of about TARGET_CHUNK_BYTES; the writer's own thread pool
     # overlaps file writes with our calls (measured faster on disk than one thread).
     opts = options or f"group_size:{group},uncompressed"

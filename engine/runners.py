@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from . import diff as diff_mod
 from . import reads
+from .autocompact import with_merges
 from .errors import NotFoundError, SchemaError, UserInputError
 from .filters import Filter
 from .options import FileOptions
@@ -64,7 +65,8 @@ class LocalRunner:
     def _commit(self, op: str, writer: FileWriter, plan: Callable[[int], Plan | None],
                 message: str | None = None) -> JobResult:
         try:
-            snap = self.storage.commit_snapshot(self.branch, op, plan, message=message)
+            snap = self.storage.commit_snapshot(self.branch, op, with_merges(self.storage, plan, self.file_options),
+                                                message=message)
         except BaseException:
             writer.cleanup()
             raise

@@ -397,7 +397,8 @@ class Storage:
         gone -= {f for a in p.added if a["kind"] == INDEX for f in (a.get("record_files") or ())}
         if not gone:
             return []
-        live = self.live_files(base)
+        # Without the min/max structs: filtering and converting them was most of this.
+        live = self.live_files(base).select(["kind", "path", "field", "rows", "bytes", "snapshot_id", "record_files"])
         removed_paths = pa.array([r["path"] for r in p.removed], pa.string())
         still = live.filter(pc.and_(pc.equal(live.column("kind"), INDEX),
                                     pc.invert(pc.is_in(live.column("path"), value_set=removed_paths))))

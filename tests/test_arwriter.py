@@ -107,6 +107,22 @@ def test_write_records_uses_fast_path_and_keeps_compressed_fallback(tmp_path):
     assert scan_offsets(str(tmp_path / "plain.ar"), np.array([len(r) for r in records])).tolist() == plain.tolist()
 
 
+def test_padding_is_left_as_holes(tmp_path, monkeypatch):
+    """A one-record file is 128 KiB long (its postscript is block-aligned), almost all
+    zeros: they are never written, so it takes the blocks of its bytes only."""
+    import os
+
+    writes: list[int] = []
+    real = os.pwritev
+    monkeypatch.setattr(os, "pwritev", lambda fd, iov, at: writes.append(sum(len(b) for b in iov)) or real(fd, iov, at))
+    path = str(tmp_path / "one.ar")
+    write_records(path, pa.array([b"0123456789"], pa.binary()))
+    assert ArrayRecordReader(path).read(0, 1) == [b"0123456789"]  # byte identity: test_same_bytes_*
+    assert os.path.getsize(path) == 2 * BLOCK
+    assert sum(writes) < 1024, writes  # headers and the record, not 128 KiB of zeros
+    assert os.stat(path).st_blocks * 512 <= 8192
+
+
 def test_write_records_without_fast_writer(tmp_path, monkeypatch):
     """When the native hash cannot be found, ArrayRecordWriter writes the same file."""
     records = [bytes([i % 251]) * (i * 997) for i in range(120)]

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from spacefs import ChangeType, Dataset, DirCatalog, errors
+from spacefs import ChangeType, Dataset, DirCatalog, FileOptions, errors
 
 from conftest import SCHEMA, rows
 
@@ -66,7 +66,7 @@ def test_filters_fields_batches_and_references(ds):
 
 
 def test_key_filters_prune_files(ds):
-    r = ds.local()
+    r = ds.local(FileOptions(merge_small_files=False))  # five files, whatever their size
     for i in range(5):
         r.append(rows(range(i * 100, i * 100 + 100)))
     assert len(ds.storage.index_manifest(filter_=pc.field("id") == 250)) == 1

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from spacefs import Dataset, errors
+from spacefs import Dataset, FileOptions, errors
 from spacefs.engine.filters import check_fields, predicate
 from spacefs.engine.runners import LocalRunner
 
@@ -285,7 +285,7 @@ def test_differential_reads_and_deletes_agree_with_duckdb(tmp_path):
     ds = Dataset.create(str(tmp_path / "diff"), SCHEMA, ["id"], ["f"])
     parts = _data(rng, 240, 6)
     for t in parts:
-        ds.local().append(t)
+        ds.local(FileOptions(merge_small_files=False)).append(t)  # six files to prune among
     assert len(ds.index_files()) == 6
     con = duckdb.connect()
     rows = pa.concat_tables(parts).select(INDEX)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from mount_util import mounted
 
-from spacefs import Dataset, DirCatalog
+from spacefs import Dataset, DirCatalog, FileOptions
 from spacefs.engine.layout import (
     key_names,
     last_wins,
@@ -36,18 +36,20 @@ LAYOUT = {"path": "{label}/{name}", "content": "img"}
 def history(location: str, commits: int) -> Dataset:
     """A dataset where each commit changes about one row: upserts that move a row to
     another path, new rows, and (every 7th) an append of an existing key at an existing
-    path, so names and paths collide across index files and the newest row must win."""
+    path, so names and paths collide across index files and the newest row must win.
+    Small files are not merged: versions share most of their files, as the tests want."""
     ds = Dataset.create(location, SCHEMA, ["id"], ["img"], file_layout=LAYOUT)
-    ds.local().append({"id": list(range(20)), "label": [f"l{i % 3}" for i in range(20)],
-                       "name": [f"{i}.bin" for i in range(20)], "img": [b"v0-%d" % i for i in range(20)]})
+    r = ds.local(FileOptions(merge_small_files=False))
+    r.append({"id": list(range(20)), "label": [f"l{i % 3}" for i in range(20)],
+              "name": [f"{i}.bin" for i in range(20)], "img": [b"v0-%d" % i for i in range(20)]})
     for c in range(1, commits):
         if c % 7 == 0:
-            ds.local().append({"id": [c % 20], "label": ["l0"], "name": ["0.bin"], "img": [b"dup%d" % c]})
+            r.append({"id": [c % 20], "label": ["l0"], "name": ["0.bin"], "img": [b"dup%d" % c]})
         elif c % 2:
             i = c % 20
-            ds.local().upsert({"id": [i], "label": [f"m{c % 5}"], "name": [f"{i}.bin"], "img": [b"u%d" % c]})
+            r.upsert({"id": [i], "label": [f"m{c % 5}"], "name": [f"{i}.bin"], "img": [b"u%d" % c]})
         else:
-            ds.local().append({"id": [1000 + c], "label": ["new"], "name": [f"{c}.bin"], "img": [b"n%d" % c]})
+            r.append({"id": [1000 + c], "label": ["new"], "name": [f"{c}.bin"], "img": [b"n%d" % c]})
     return ds
 
 

@@ -86,9 +86,15 @@ def test_diff_reads_only_files_that_differ(ds, monkeypatch):
     ds.local().append(rows([500]))
     import pyarrow.parquet as pq
 
+    from spacefs.engine.backend import LocalBackend
+
     read: list[str] = []
     real = pq.read_table
     monkeypatch.setattr(pq, "read_table", lambda p, *a, **k: (read.append(str(p)), real(p, *a, **k))[1])
+    real_file = pq.ParquetFile
+    monkeypatch.setattr(pq, "ParquetFile", lambda p, *a, **k: (read.append(str(p)), real_file(p, *a, **k))[1])
+    real_bytes = LocalBackend.read_bytes  # small files read whole (manifests)
+    monkeypatch.setattr(LocalBackend, "read_bytes", lambda self, rel: (read.append(str(rel)), real_bytes(self, rel))[1])
     changes = list(ds.local().diff("dev", "main"))
     assert read and big and not any(big[0] in p for p in read)
     assert apply_diff(content(dev), changes) == content(ds)

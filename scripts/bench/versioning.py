@@ -59,6 +59,8 @@ from spacefs import Dataset  # noqa: E402
 
 SYSTEMS = ["spacefs", "peer"]
 SMALL_WRITES = 1_000
+# ``--only`` names -> methods of VersioningBench.
+PARTS = {"merge-diff": "merge_and_diff", "compaction": "compaction", "space": "space"}
 REWRITES = 20
 
 
@@ -174,11 +176,15 @@ class VersioningBench:
         table = make_table(n, first_id=10 ** 9, seed=5)
         ds = Dataset.create(os.path.join(self.root, "small"), SCHEMA, ["id"], ["blob"])
         r = ds.local()
+        started = time.perf_counter()
         for i in range(n):
             r.append(table.slice(i, 1))
+        t_appends = time.perf_counter() - started
         flush_dirty_pages()
         files_before = len(ds.index_files())
         disk_small = disk_bytes(ds.location)
+        self.info["small_appends_s"] = t_appends
+        self.info["small_appends_disk_bytes"] = disk_small
         say("compaction vs writing the same rows at once ...")
         peers: list[Dataset] = []
         copies: list[Dataset] = []
@@ -201,8 +207,8 @@ class VersioningBench:
         assert len(copies[-1].index_files()) == 1 and copies[-1].num_rows() == n
         self.add(Result(f"compact {n:,} one-row appends (peer: append them at once)", m, fmt_ratio(ratio_c, "append"),
                         "<= 2x append", ratio_c <= 2.0, samples={k: v.times for k, v in t.items()},
-                        note=f"{files_before:,} index files -> 1; {n:,} one-row appends used "
-                             f"{disk_small / (1 << 20):.1f} MiB on disk for {raw_bytes(table) / (1 << 20):.1f} MiB of rows"))
+                        note=f"{files_before:,} index files -> 1; {n:,} one-row appends took {fmt_seconds(t_appends)} and "
+                             f"used {disk_small / (1 << 20):.1f} MiB on disk for {raw_bytes(table) / (1 << 20):.1f} MiB of rows"))
 
     # -- space -----------------------------------------------------------------
     def space(self) -> None:
@@ -233,16 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--rewrite-rows", type=int, default=None,
                    help="rows of the dataset rewritten 20 times (default: a tenth of --rows)")
+    p.add_argument("--only", choices=PARTS, action="append", default=None,
+                   help="run only this part (repeatable; default: all of them)")
     args = p.parse_args(argv)
+    parts = args.only or list(PARTS)
     rows, repeats = resolve_size(args, full_repeats=5, quick_repeats=2)
     rewrite_rows = args.rewrite_rows if args.rewrite_rows is not None else max(100, rows // 10)
     started = time.perf_counter()
     load_before = load_average()
     with scratch(args, "spacefs-bench-versioning-") as root:
         bench = VersioningBench(root, rows, repeats, rewrite_rows)
-        bench.merge_and_diff()
-        bench.compaction()
-        bench.space()
+        for part in PARTS:
+            if part in parts:
+                getattr(bench, PARTS[part])()
     total = time.perf_counter() - started
     print(f"\nspacefs versioning benchmark: {rows:,} rows (int64 id, string label, 4 KiB blob), median of "
           f"{repeats} timed repeats after a warm-up; {load_before} at the start, {load_average()} at the end; "
