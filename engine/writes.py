@@ -173,6 +173,10 @@ class FileWriter:
 # cache is bounded by bytes, oldest out first.
 RECENT_MAX_BYTES = 32 << 20
 RECENT_MAX_ROWS = 8192  # small files only (autocompact.SMALL_INDEX_ROWS)
+# Rows of one file kept only up to this size: the files merged most often are the
+# smallest (one-row writes, the first tiers); keeping a batch append of 1,000 x 4 KiB
+# rows cost a 4 MB copy, ~45% of that append, for a merge that may never come.
+RECENT_ENTRY_MAX_BYTES = 1 << 20
 _recent: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
 _recent_bytes = 0
 _recent_lock = threading.Lock()
@@ -181,9 +185,10 @@ _recent_lock = threading.Lock()
 def remember(location: str, rel: str, rows: pa.Table) -> None:
     """Keep the rows (dataset schema, records as bytes) of the index file ``rel``."""
     global _recent_bytes
-    if rows.num_rows >= RECENT_MAX_ROWS or rows.nbytes > RECENT_MAX_BYTES // 8:
+    if rows.num_rows >= RECENT_MAX_ROWS or rows.nbytes > RECENT_ENTRY_MAX_BYTES:
         return
-    rows = rows.take(pa.array(np.arange(rows.num_rows)))  # a copy: a slice would pin its whole batch
+    if rows.get_total_buffer_size() > 2 * rows.nbytes:
+        rows = rows.take(pa.array(np.arange(rows.num_rows)))  # a copy: a slice would pin its whole batch
     with _recent_lock:
         _recent[(location, rel)] = rows
         _recent_bytes += rows.nbytes
