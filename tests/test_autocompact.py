@@ -268,3 +268,28 @@ def test_merges_read_files_written_by_other_processes(ds):
     for sid, want in expected.items():
         assert content(ds, sid) == want
     assert ds.local().read_all(fields=["id"]).column("id").to_pylist() == list(range(9))
+
+
+def test_manifest_list_of_a_small_live_set_is_one_file(ds):
+    """Few live files: every snapshot lists one manifest holding exactly its live files."""
+    one_row_appends(ds, range(60))
+    for sid in range(1, ds.snapshot_id() + 1):
+        snap = ds.storage.snapshot(sid)
+        assert len(snap["manifests"]) == 1, sid
+        on_disk = ds.storage.manifests._read(snap["manifests"][0]["path"])  # the file, not the cache
+        assert on_disk.num_rows == snap["manifests"][0]["entries"]
+        assert set(on_disk.column("status").to_pylist()) <= {1}  # removals cancelled away
+        assert sorted(on_disk.column("path").to_pylist()) == sorted(live(ds, sid).column("path").to_pylist())
+
+
+def test_manifest_list_of_a_large_live_set_stays_logarithmic(ds):
+    from spacefs.engine.manifest import SMALL_LIST_ENTRIES
+
+    runner = ds.local(file_options=FileOptions(merge_small_files=False))
+    n = SMALL_LIST_ENTRIES + 45  # two entries (index + record file) a write: past the bound
+    for i in range(n):
+        runner.append(rows([i]))
+    manifests = ds.storage.snapshot(ds.snapshot_id())["manifests"]
+    assert sum(m["entries"] for m in manifests) >= 2 * n
+    assert 1 < len(manifests) <= n.bit_length() + 1
+    assert sorted(ds.local().read_all().column("id").to_pylist()) == list(range(n))
