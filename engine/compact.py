@@ -39,19 +39,20 @@ def compact(storage: Storage, branch: str, file_options: FileOptions | None = No
     options = file_options or FileOptions()
 
     def plan(base: int) -> Plan | None:
-        if compacted(st, base):
+        idx, rec = _files(st, base)
+        if compacted(st, idx, rec):
             return None
         writer = FileWriter(st, options)
         p = Plan()
         try:
-            for group in _groups(st, base, options.max_index_rows):
+            for group in _groups(st, idx, rec, options.max_index_rows):
                 for e in writer.write(group):
                     p.added.append({**e, "rewrite": True} if e["kind"] == INDEX else e)
         except BaseException:
             writer.cleanup()
             raise
         p.temp_files += writer.written
-        p.removed = _files(st, base)[0].to_pylist()
+        p.removed = idx.to_pylist()
         return p
 
     return JobResult.from_snapshot(st, st.commit_snapshot(branch, "compact", plan))
@@ -70,22 +71,22 @@ def _files(st: Storage, sid: int) -> tuple[pa.Table, pa.Table]:
     return live.filter(is_index), live.filter(pc.equal(live.column("kind"), RECORD))
 
 
-def compacted(st: Storage, sid: int) -> bool:
-    """Nothing to gain: one index file, one record file per field, all of it live."""
-    idx, rec = _files(st, sid)
+def compacted(st: Storage, idx: pa.Table, rec: pa.Table) -> bool:
+    """Nothing to gain: one index file, one record file per field, all of it live
+    (``idx``, ``rec``: a snapshot's files, from ``_files``)."""
     if idx.num_rows > 1 or rec.num_rows > len(st.record_fields):
         return False
     rows = sum(idx.column("rows").to_pylist())
     return all(r == rows for r in rec.column("rows").to_pylist())
 
 
-def _groups(st: Storage, sid: int, max_rows: int) -> Iterator[pa.Table]:
-    """The rows of snapshot ``sid``, records resolved, in groups of about GROUP_BYTES.
+def _groups(st: Storage, idx: pa.Table, rec: pa.Table, max_rows: int) -> Iterator[pa.Table]:
+    """The rows of a snapshot's index files ``idx`` (record files ``rec``), records
+    resolved, in groups of about GROUP_BYTES.
 
     Index files of a group are scanned as one dataset and their records fetched in one
     batch: with many small files the per-file cost, not the bytes, dominates.
     """
-    idx, rec = _files(st, sid)
     # Per index file: its rows and the bytes of the record files it uses, computed on
     # columns (a Python loop over 1,000 entries and their lists was ~10% of compacting
     # 1,000 one-row appends). A record file shared by several index files counts for
