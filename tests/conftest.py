@@ -8,7 +8,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from spacefs import Dataset
+from spacefs import ChangeType, Dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -24,6 +24,25 @@ def rows(ids, tag: str = "") -> dict:
         "feature": [f"data{i}{tag}".encode() for i in ids],
     }
 
+
+
+def content(ds: Dataset, version=None) -> dict:
+    """The rows of ``version`` (SCHEMA datasets) as {id: (image_name, feature)}."""
+    return {r["id"]: (r["image_name"], r["feature"]) for r in ds.local().read_all(version=version).to_pylist()}
+
+
+def apply_changes(start: dict, changes) -> dict:
+    """``start`` (as ``content`` gives it) with a diff's changes applied: diffs are
+    checked against plain recomputation by applying them to one version's rows."""
+    out = dict(start)
+    for c in changes:
+        if c.change_type == ChangeType.DELETE:
+            for k in c.data.column("id").to_pylist():
+                out.pop(k, None)
+        else:
+            for r in c.data.to_pylist():
+                out[r["id"]] = (r["image_name"], r["feature"])
+    return out
 
 @pytest.fixture
 def ds(tmp_path) -> Dataset:

@@ -17,23 +17,7 @@ from spacefs import ChangeType, Dataset, DirCatalog, FileOptions
 from spacefs.engine import autocompact
 from spacefs.engine.manifest import INDEX, RECORD
 
-from conftest import rows
-
-
-def content(ds: Dataset, version) -> dict:
-    return {r["id"]: (r["image_name"], r["feature"]) for r in ds.local().read_all(version=version).to_pylist()}
-
-
-def apply(start: dict, changes) -> dict:
-    out = dict(start)
-    for c in changes:
-        if c.change_type == ChangeType.DELETE:
-            for k in c.data.column("id").to_pylist():
-                out.pop(k, None)
-        else:
-            for r in c.data.to_pylist():
-                out[r["id"]] = (r["image_name"], r["feature"])
-    return out
+from conftest import apply_changes, content, rows
 
 
 def live(ds: Dataset, version=None) -> pa.Table:
@@ -103,13 +87,13 @@ def test_diffs_between_any_versions_and_branches(ds):
     for sid in versions:  # per-snapshot changes along each ancestry
         parent = ds.storage.snapshot(sid)["parent"]
         if parent is not None:
-            assert apply(content(ds, parent), ds.local().diff(parent, sid)) == content(ds, sid), sid
+            assert apply_changes(content(ds, parent), ds.local().diff(parent, sid)) == content(ds, sid), sid
     for _ in range(25):  # ancestors, siblings, newer to older
         x, y = rnd.choice(versions), rnd.choice(versions)
-        assert apply(content(ds, x), ds.local().diff(x, y)) == content(ds, y), (x, y)
-    assert apply(content(ds, "main"), ds.local().diff("main", "dev")) == content(ds, "dev")
-    assert apply(content(ds, 1), ds.local().diff(1, "dev")) == content(ds, "dev")
-    assert apply(content(ds, "dev"), ds.local().diff("dev", 1)) == content(ds, 1)
+        assert apply_changes(content(ds, x), ds.local().diff(x, y)) == content(ds, y), (x, y)
+    assert apply_changes(content(ds, "main"), ds.local().diff("main", "dev")) == content(ds, "dev")
+    assert apply_changes(content(ds, 1), ds.local().diff(1, "dev")) == content(ds, "dev")
+    assert apply_changes(content(ds, "dev"), ds.local().diff("dev", 1)) == content(ds, 1)
 
 
 def test_merge_restore_expire_after_small_writes(ds):
@@ -129,7 +113,7 @@ def test_merge_restore_expire_after_small_writes(ds):
     after_merge = ds.snapshot_id()
     ds.restore(old)
     assert content(ds, None) == before
-    assert apply(content(ds, after_merge), ds.local().diff(after_merge, None)) == before
+    assert apply_changes(content(ds, after_merge), ds.local().diff(after_merge, None)) == before
     on_dev = content(ds, "dev")
     rep = ds.expire_snapshots("0s", apply=True)
     assert rep.snapshot_ids and rep.files  # the small files merged away are reclaimed
@@ -226,7 +210,7 @@ def test_small_writes_merge_in_a_bucket(s3_bucket):
     for sid, want in expected.items():
         assert content(ds, sid) == want, sid
     assert content(ds, None) == {**expected[12], 2: ("2u.jpg", b"data2u"), 7: ("7u.jpg", b"data7u")}
-    assert apply(content(ds, 5), ds.local().diff(5, None)) == content(ds, None)
+    assert apply_changes(content(ds, 5), ds.local().diff(5, None)) == content(ds, None)
 
 
 def test_small_manifest_cancel_agrees_with_arrow():

@@ -6,26 +6,10 @@ import random
 
 import pytest
 
-from spacefs import ChangeType, Dataset
+from spacefs import Dataset
 from spacefs.engine.keydiff import row_changes
 
-from conftest import rows
-
-
-def content(ds, version) -> dict:
-    return {r["id"]: (r["image_name"], r["feature"]) for r in ds.local().read_all(version=version).to_pylist()}
-
-
-def apply(start: dict, changes) -> dict:
-    out = dict(start)
-    for c in changes:
-        if c.change_type == ChangeType.DELETE:
-            for k in c.data.column("id").to_pylist():
-                out.pop(k, None)
-        else:
-            for r in c.data.to_pylist():
-                out[r["id"]] = (r["image_name"], r["feature"])
-    return out
+from conftest import apply_changes, content, rows
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -58,7 +42,7 @@ def test_random_branches_diff_both_ways(ds, seed):
     versions = sorted(set(ds.versions().column("snapshot_id").to_pylist()))
     for _ in range(15):
         x, y = rnd.choice(versions), rnd.choice(versions)
-        got = apply(content(ds, x), ds.local().diff(x, y))
+        got = apply_changes(content(ds, x), ds.local().diff(x, y))
         assert got == content(ds, y), (x, y)
         # The file-list comparison agrees on the net change.
         ch = row_changes(ds.storage, x, y)
@@ -84,5 +68,5 @@ def test_sibling_diff_reads_only_row_groups_with_changed_keys(ds):
     heads["a"].local(small).delete("id = 55")
     heads["b"].local(small).upsert(rows([120, 7, 199], "b"))
     for x, y in (("a", "b"), ("b", "a")):
-        got = apply(content(ds, x), ds.local().diff(x, y))
+        got = apply_changes(content(ds, x), ds.local().diff(x, y))
         assert got == content(ds, y), (x, y)

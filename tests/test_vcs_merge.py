@@ -11,15 +11,11 @@ import pytest
 
 from spacefs import ChangeType, Dataset, JobResult, errors
 
-from conftest import PYTHON, rows
+from conftest import PYTHON, apply_changes, content, rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OK, SKIPPED = JobResult.State.SUCCEEDED, JobResult.State.SKIPPED
 
-
-def content(ds, version=None) -> dict:
-    t = ds.local().read_all(version=version)
-    return {r["id"]: (r["image_name"], r["feature"]) for r in t.to_pylist()}
 
 
 def branch(ds, name) -> Dataset:
@@ -36,17 +32,6 @@ def forked(ds):
     return ds, branch(ds, "dev")
 
 
-def apply_diff(start: dict, changes) -> dict:
-    out = dict(start)
-    for c in changes:
-        if c.change_type == ChangeType.DELETE:
-            for k in c.data.column("id").to_pylist():
-                out.pop(k, None)
-        else:
-            for r in c.data.to_pylist():
-                out[r["id"]] = (r["image_name"], r["feature"])
-    return out
-
 
 # -- diff ----------------------------------------------------------------------
 def test_diff_sibling_branches_and_backwards(forked):
@@ -59,10 +44,10 @@ def test_diff_sibling_branches_and_backwards(forked):
     assert {c.snapshot_id for c in changes} == {dev.snapshot_id()}
     assert sorted(changes[0].data.column("id").to_pylist()) == [1, 2, 5, 20]
     assert sorted(changes[1].data.column("id").to_pylist()) == [1, 2, 30]
-    assert apply_diff(content(main), changes) == content(dev)
+    assert apply_changes(content(main), changes) == content(dev)
     # Newer to older, along one branch.
     back = list(main.local().diff("main", 1))
-    assert apply_diff(content(main), back) == content(main, 1)
+    assert apply_changes(content(main), back) == content(main, 1)
     assert {c.snapshot_id for c in back} == {1}
 
 
@@ -97,7 +82,7 @@ def test_diff_reads_only_files_that_differ(ds, monkeypatch):
     monkeypatch.setattr(LocalBackend, "read_bytes", lambda self, rel: (read.append(str(rel)), real_bytes(self, rel))[1])
     changes = list(ds.local().diff("dev", "main"))
     assert read and big and not any(big[0] in p for p in read)
-    assert apply_diff(content(dev), changes) == content(ds)
+    assert apply_changes(content(dev), changes) == content(ds)
 
 
 # -- merge ---------------------------------------------------------------------
@@ -257,7 +242,7 @@ def test_restore(forked):
     assert set(main.storage.live_files(res.snapshot_id).column("path").to_pylist()) == files_before  # no copy
     assert main.restore(1).state == SKIPPED
     assert content(main, res.snapshot_id - 1)[77]  # history kept
-    assert apply_diff(content(main, res.snapshot_id - 1), main.local().diff(res.snapshot_id - 1, res.snapshot_id)) == old
+    assert apply_changes(content(main, res.snapshot_id - 1), main.local().diff(res.snapshot_id - 1, res.snapshot_id)) == old
     # Restore forward again re-adds files that were removed before.
     fwd = main.restore(res.snapshot_id - 1)
     assert content(main) == content(main, res.snapshot_id - 1)
