@@ -69,6 +69,46 @@ def test_eviction_never_closes_a_leased_descriptor(history):
     assert pool.open_count() == 0
 
 
+def test_an_owner_collected_inside_a_pool_operation_does_not_deadlock(history):
+    """Owners detach from ``weakref.finalize``; the collector may run it inside any
+    allocation, also one a lease makes while this thread holds the pool's lock (a CI run
+    hung there). The detach must not wait, and must still close the idle files."""
+    import weakref
+
+    pool = RecordPool(cap=8)
+    rels = sorted({r["file"] for r in Dataset.load(history).local().read_all(reference_read=True)
+                   .column("blob").to_pylist()})
+    root = pool.attach(history)
+    pool.release(pool.lease_many(history, rels[:3]))
+    assert pool.open_count() == 3
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    owner.cycle = owner  # only the cyclic collector frees it
+    weakref.finalize(owner, pool.detach, root)
+    del owner
+    done = threading.Event()
+    opened = pool._open
+
+    def open_and_collect(path: str) -> int:
+        gc.collect()  # the collector, run by an allocation while lease_many holds the lock
+        return opened(path)
+
+    pool._open = open_and_collect
+
+    def lease_a_new_file() -> None:
+        pool.release(pool.lease(history, rels[3]))
+        done.set()
+
+    t = threading.Thread(target=lease_a_new_file, daemon=True)
+    t.start()
+    assert done.wait(30), "detach waited for the lock its own thread holds"
+    # Applied before the lease let go of the lock: the idle files are closed.
+    assert root not in pool._owners and pool.open_count() <= 1
+
+
 def test_budget_holds_under_threads(history):
     pool = RecordPool(cap=4)
     refs = Dataset.load(history).local().read_all(reference_read=True).column("blob").to_pylist()
