@@ -277,3 +277,20 @@ def test_manifest_list_of_a_large_live_set_stays_logarithmic(ds):
     assert sum(m["entries"] for m in manifests) >= 2 * n
     assert 1 < len(manifests) <= n.bit_length() + 1
     assert sorted(ds.local().read_all().column("id").to_pylist()) == list(range(n))
+
+
+def test_rows_kept_for_merges_stay_within_their_bound(ds, monkeypatch):
+    """The in-memory copy of recent small writes is bounded by bytes, keeps no big
+    file, and never pins the batch a small write was sliced from."""
+    from spacefs.engine import writes
+
+    writes.forget_recent()
+    monkeypatch.setattr(writes, "RECENT_MAX_BYTES", 64 << 10)
+    big = {"id": list(range(1000, 1300)), "image_name": ["x.jpg"] * 300, "feature": [b"x" * 4096] * 300}
+    ds.local().append(big)  # ~1.2 MB: above the per-file bound, not kept
+    assert writes._recent_bytes == 0
+    for i in range(40):  # 40 x ~5 KiB rows: more than the 64 KiB bound
+        ds.local().append({"id": [i], "image_name": [f"{i}.jpg"], "feature": [b"y" * 5000]})
+    assert 0 < writes._recent_bytes <= 64 << 10
+    assert all(t.get_total_buffer_size() <= 2 * t.nbytes + 4096 for t in writes._recent.values())
+    writes.forget_recent()
