@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 from spacefs.engine.records import read_record_range as read_range  # noqa: F401 (re-export)
-from spacefs.engine.records import record_position as physical  # noqa: F401 (re-export)
 
 INLINE_MAX = 1 << 20  # longest read tried on the event loop
 DECODED_BUDGET = 128 << 20  # bytes of decoded compressed records kept, all datasets together

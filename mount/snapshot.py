@@ -32,11 +32,11 @@ import pyarrow as pa
 import pyarrow.types as pat
 
 from spacefs.engine.layout import FilesIndex, place
-from spacefs.engine.records import RecordReader
+from spacefs.engine.records import RecordReader, record_position
 from spacefs.engine.storage import Storage
 
 from .pieces import FilesPiece, IndexPiece, PieceSource, name_hashes
-from .recread import AHEAD, DECODED, INLINE_MAX, REMOTE_WHOLE_MAX, physical, read_range
+from .recread import AHEAD, DECODED, INLINE_MAX, REMOTE_WHOLE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -250,7 +250,7 @@ class SnapshotView:
             try:
                 data = read_range(h.fd, off, start, length, nowait=not io)
                 if io and start == 0 and length == size:  # a whole record, not in the page cache
-                    AHEAD.missed((reader.root, rel), h.fd, physical(off, 0), physical(off, length))
+                    AHEAD.missed((reader.root, rel), h.fd, record_position(off, 0), record_position(off, length))
                 return data
             finally:
                 pool.release(h)

@@ -121,20 +121,14 @@ def build(root: str) -> str:
     cat.create_dataset("big", SCHEMA, ["id"], ["blob"]).local().append({"id": [1], "blob": [big]})
     put("big/rows/1/blob", big)
     del big
-    labels = [f"class_{i % LABELS:02d}" for i in range(IMAGES)]
-    names = [f"img_{i:05d}.jpg" for i in range(IMAGES)]
-    jpegs = [_jpeg(i) for i in range(IMAGES)]
-    cat.create_dataset("images", IMG_SCHEMA, ["id"], ["image"], file_layout=LAYOUT).local().append(
-        {"id": list(range(IMAGES)), "label": labels, "name": names, "image": jpegs})
-    for label, name, jpeg in zip(labels, names, jpegs, strict=True):
-        put(f"images/files/{label}/{name}", jpeg)
-    plabels = [f"class_{i % LABELS:02d}" for i in range(PNGS)]
-    pnames = [f"img_{i:05d}.png" for i in range(PNGS)]
-    pngs = [_png(i) for i in range(PNGS)]
-    cat.create_dataset("png", IMG_SCHEMA, ["id"], ["image"], file_layout=LAYOUT).local().append(
-        {"id": list(range(PNGS)), "label": plabels, "name": pnames, "image": pngs})
-    for label, name, png in zip(plabels, pnames, pngs, strict=True):
-        put(f"png/files/{label}/{name}", png)
+    for ds_name, n, ext, encode in (("images", IMAGES, "jpg", _jpeg), ("png", PNGS, "png", _png)):
+        labels = [f"class_{i % LABELS:02d}" for i in range(n)]
+        names = [f"img_{i:05d}.{ext}" for i in range(n)]
+        images = [encode(i) for i in range(n)]
+        cat.create_dataset(ds_name, IMG_SCHEMA, ["id"], ["image"], file_layout=LAYOUT).local().append(
+            {"id": list(range(n)), "label": labels, "name": names, "image": images})
+        for label, name, image in zip(labels, names, images, strict=True):
+            put(f"{ds_name}/files/{label}/{name}", image)
     open(done, "w").close()
     return cat_dir
 
