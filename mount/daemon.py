@@ -61,15 +61,19 @@ READ_AHEAD_KB = int(os.environ.get("SPACEFS_READ_AHEAD_KB", "1024"))
 GC_THRESHOLD = (10_000, 10, 10)
 
 
-async def set_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
+def set_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> bool:
     """Set the mount's read-ahead window (``/sys/class/bdi/<dev>/read_ahead_kb``), as
-    mergerfs does. Must run once the kernel has the daemon's INIT reply (which caps it
-    at what the kernel offered): the ``stat`` of the mount point waits for that. Best
-    effort: returns whether it was set."""
+    mergerfs does. Must run once the kernel has processed the daemon's INIT reply (which
+    caps the window at what the kernel offered): ``FuseOps.init`` schedules it then. The
+    device comes from /proc/self/mountinfo, not from a ``stat`` of the mount point: that
+    is a request to the daemon itself, and a daemon killed while its own thread waited
+    on it left the mount hung for every process (``paths.mount_device``). Best effort:
+    returns whether it was set."""
     try:
-        st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
-        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
-        with open(path, "w") as f:
+        dev = paths.mount_device(mountpoint)
+        if dev is None:
+            raise OSError(f"{mountpoint} is not mounted")
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
             f.write(str(kb))
     except OSError as e:  # not root, no sysfs: the kernel's default stays
         log.debug("read-ahead of %s left at the default: %s", mountpoint, e)
@@ -109,7 +113,7 @@ async def _serve(tree: Tree, ops: FuseOps, control: ControlServer, sock, poke_re
                  ready: Callable[[], None], mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
-        nursery.start_soon(set_read_ahead, mountpoint)
+        ops.after_init = lambda: set_read_ahead(mountpoint)
         nursery.start_soon(_watch, tree, ops, interval, poke_recv)
         await nursery.start(control.serve, sock)
         nursery.start_soon(_signals, pyfuse3.terminate)

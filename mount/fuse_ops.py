@@ -249,9 +249,22 @@ class FuseOps(pyfuse3.Operations):
         self._files: dict[int, _File] = {}
         # Where read-ahead tasks run; set by the daemon (None: no read-ahead, as in tests).
         self.nursery: trio.Nursery | None = None
+        # Run (in the nursery) once the kernel has the INIT reply; set by the daemon.
+        self.after_init: Callable[[], Any] | None = None
         self._dirs: dict[int, tuple[Node, Sequence[tuple[str, Node]]]] = {}
         self._next_fh = 1
         self.last_request = -float("inf")  # trio clock of the latest lookup, readdir or read
+
+    def init(self) -> None:
+        """pyfuse3 calls this while it handles INIT, before the reply; a task started
+        here runs after the reply was written (and the kernel, in that write, applied it)."""
+        if self.after_init is not None and self.nursery is not None:
+            fn = self.after_init
+
+            async def run() -> None:
+                fn()
+
+            self.nursery.start_soon(run)
 
     # -- plumbing --------------------------------------------------------------
     async def _ask(self, fn: Callable, *args: Any) -> Any:

@@ -187,8 +187,9 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_type(mountpoint: str) -> str | None:
-    """The file system type mounted exactly at ``mountpoint`` (e.g. ``fuse.spacefs``), or None."""
+def _mountinfo(mountpoint: str) -> tuple[str, str] | None:
+    """(device ``major:minor``, file system type) of the mount exactly at ``mountpoint``
+    (the topmost one), from /proc/self/mountinfo: no access to the mount itself."""
     target = os.path.abspath(mountpoint)
     found = None
     with open("/proc/self/mountinfo") as f:
@@ -196,8 +197,23 @@ def mount_type(mountpoint: str) -> str | None:
             left, _, right = line.partition(" - ")
             parts = left.split()
             if len(parts) >= 5 and _unescape(parts[4]) == target:
-                found = right.split()[0] if right else "?"
+                found = parts[2], (right.split()[0] if right else "?")
     return found
+
+
+def mount_type(mountpoint: str) -> str | None:
+    """The file system type mounted exactly at ``mountpoint`` (e.g. ``fuse.spacefs``), or None."""
+    found = _mountinfo(mountpoint)
+    return found[1] if found else None
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """The device (``major:minor``) mounted exactly at ``mountpoint``, or None. A daemon
+    must learn its own mount's device this way, never by ``stat``: a thread of the daemon
+    blocked in a request to its own mount keeps the connection alive if the daemon is
+    killed, and everything using the mount hangs."""
+    found = _mountinfo(mountpoint)
+    return found[0] if found else None
 
 
 def is_stale(mountpoint: str) -> bool:

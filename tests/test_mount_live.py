@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import pytest
@@ -26,7 +27,7 @@ from mount_util import (
     wait_for,
 )
 
-from spacefs.mount import launch, paths
+from spacefs.mount import daemon, launch, paths
 
 
 @pytest.fixture
@@ -152,6 +153,32 @@ def test_kill9_then_umount_and_remount(cat, tmp_path):
     finally:
         if paths.mount_type(mnt):
             launch.unmount(mnt)
+
+
+def test_the_daemon_sets_its_read_ahead_without_a_request_to_its_own_mount(cat, tmp_path):
+    """A daemon thread waiting on its own mount (it used to ``stat`` the mount point to
+    find its device) keeps the FUSE connection open if the daemon is killed meanwhile:
+    the mount then hangs every process that touches it, the killed daemon included.
+    Here the daemon is stopped; setting the read-ahead must still finish."""
+    c, _ = cat
+    mnt = str(tmp_path / "mnt")
+    os.makedirs(mnt)
+    with mounted(c.location, mnt) as info:
+        bdi = f"/sys/class/bdi/{paths.mount_device(mnt)}/read_ahead_kb"
+
+        def read_ahead() -> int:
+            with open(bdi) as f:
+                return int(f.read())
+
+        wait_for(lambda: read_ahead() == daemon.READ_AHEAD_KB, 10, "the daemon's read-ahead")
+        os.kill(info.pid, signal.SIGSTOP)
+        ex = ThreadPoolExecutor(1)
+        try:
+            assert ex.submit(daemon.set_read_ahead, mnt, 512).result(timeout=10) is True
+        finally:
+            os.kill(info.pid, signal.SIGCONT)
+            ex.shutdown()
+        assert read_ahead() == 512
 
 
 def test_stale_mount_is_cleared_by_umount(cat, tmp_path):
