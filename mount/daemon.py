@@ -31,7 +31,7 @@ from spacefs.engine.recordpool import POOL
 from . import memdump, opcount, paths
 from .access import Grants
 from .control import ControlServer, Limits
-from .fuse_ops import KERNEL_CAPS, ZERO_MESSAGE_OPEN, FuseOps, KernelNotifier
+from .fuse_ops import GATHER, KERNEL_CAPS, ZERO_MESSAGE_OPEN, FuseOps, KernelNotifier
 from .tree import Tree
 
 log = logging.getLogger("spacefs.mount")
@@ -169,7 +169,7 @@ def run(source: str, mountpoint: str, *, allow_other: bool = False, allow_writes
         stack.callback(log.info, "unmounted %s", mountpoint)
         tree = stack.enter_context(Tree(source))
         stack.callback(POOL.close)  # last: every record file the daemon opened
-        ops = FuseOps(tree, KernelNotifier(), zero_message_open=ZERO_MESSAGE_OPEN)
+        ops = FuseOps(tree, KernelNotifier(), zero_message_open=ZERO_MESSAGE_OPEN, gather=GATHER)
         poke_send, poke_recv = trio.open_memory_channel(1)
 
         def poke() -> None:

@@ -57,6 +57,9 @@ INODES_KEPT = int(os.environ.get("SPACEFS_INODES_KEPT", "65536"))
 # slowed the next workload (a 256 MiB read) ~3x. So the daemon trims once no request came
 # for ``TRIM_IDLE`` seconds, or at once past twice the bound.
 TRIM_IDLE = 0.5
+# The patched pyfuse3 (patches/README.md) sends a list returned by read() in one gather
+# write: page-cached records are then answered from maps of their files, copied once.
+GATHER = hasattr(pyfuse3, "READ_GATHER_MAX")
 # Read-ahead and DataLoader workers keep several reads in flight: the kernel's default
 # of 12 outstanding background requests would queue them behind each other.
 MAX_BACKGROUND = 64
@@ -231,13 +234,16 @@ class FuseOps(pyfuse3.Operations):
     max_background = MAX_BACKGROUND
 
     def __init__(self, tree: Tree, notifier: Notifier | None = None, threads: int = 16,
-                 uid: int | None = None, gid: int | None = None, zero_message_open: bool = False):
+                 uid: int | None = None, gid: int | None = None, zero_message_open: bool = False,
+                 gather: bool = False):
         """``zero_message_open`` (needs the patched pyfuse3): every file is immutable, so
         the kernel may open files without asking (``open`` answers ENOSYS once) and keep
         their pages; a warm re-read then costs no request at all. ``read`` then gets the
-        inode for a handle, and read state lives per inode (``FILES_KEPT``)."""
+        inode for a handle, and read state lives per inode (``FILES_KEPT``). ``gather``
+        (needs it too): ``read`` may return a list of pieces of mapped record files."""
         super().__init__()
         self.enable_zero_message_open = zero_message_open
+        self.gather = gather
         self._by_inode: OrderedDict[int, _File] = OrderedDict()
         self.tree = tree
         self.notifier = notifier
@@ -427,7 +433,7 @@ class FuseOps(pyfuse3.Operations):
         return f
 
     @_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | list[memoryview]:
         self.last_request = trio.current_time()
         f = self._files[fh] if not self.enable_zero_message_open else await self._inode_file(fh)
         if off >= f.size or size <= 0:
@@ -445,7 +451,7 @@ class FuseOps(pyfuse3.Operations):
             # reuses it while it is still in the CPU cache (keeping 1 MiB chunks cycled
             # several MiB through the cache and cost ~0.1 ms per request).
             try:
-                data = self.tree.read(f.node, off, size, io=False)
+                data = self.tree.read(f.node, off, size, io=False, gather=self.gather)
                 f.last_chunk = last  # (no read-ahead: the page cache is serving this file)
                 return data
             except NeedsIO:
@@ -475,7 +481,8 @@ class FuseOps(pyfuse3.Operations):
             return
         start = k * CHUNK
         try:  # already in the page cache? Then the reader is served from there, inline
-            self.tree.read(f.node, start, min(CHUNK, f.size - start), io=False)
+            # (gathered, this only maps the range and asks ``cachestat``: no copy)
+            self.tree.read(f.node, start, min(CHUNK, f.size - start), io=False, gather=self.gather)
             return  # (kept chunks would feed the reader and start more prefetches: a
             # page-cached file would go through worker threads and cycled buffers)
         except NeedsIO:

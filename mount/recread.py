@@ -7,21 +7,34 @@ range of it with one ``preadv``, steering headers into a scratch buffer. With
 fails instead of waiting for the disk, so the event loop can try it inline and fall
 back to a worker thread only on a real cache miss. Descriptors come leased from the
 engine's record pool (``spacefs.engine.recordpool``), which owns every open record file.
+
+``Mapped`` answers a page-cached read without the ``preadv`` copy: the range as pieces of
+read-only maps of the record file, which the patched pyfuse3 sends in one gather write.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import logging
+import mmap
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+from spacefs.engine.records import BLOCK, BLOCK_HEADER, record_position
 from spacefs.engine.records import read_record_range as read_range  # noqa: F401 (re-export)
+
+log = logging.getLogger(__name__)
 
 INLINE_MAX = 1 << 20  # longest read tried on the event loop
 DECODED_BUDGET = 128 << 20  # bytes of decoded compressed records kept, all datasets together
 REMOTE_WHOLE_MAX = 8 << 20  # records of a bucket up to this size are fetched whole (no chunk cache)
 AHEAD_WINDOW = 2 << 20  # read-ahead of a record file after nearby misses (``Ahead``)
+MAP_WINDOW = 4 << 20  # record files are mapped in windows of this size (a multiple of BLOCK) ...
+MAP_BUDGET = 64 << 20  # ... of which at most this many bytes at once (``Mapped``)
+GATHER_MAX = 256  # most pieces in one gathered reply (pyfuse3.READ_GATHER_MAX)
 
 
 class Ahead:
@@ -111,5 +124,133 @@ class Decoded:
             return data
 
 
+class Mapped:
+    """Windows of record files mapped read-only, to answer page-cached reads with one copy.
+
+    A read served by ``preadv`` copies the bytes twice: page cache -> our buffer -> the
+    kernel's reply pages. Answered as pieces of a map of the record file (the bytes
+    between block headers) and sent with one gather write, they are copied once, straight
+    from the page cache. Reading 1.5 GiB through the mount cost the daemon 19% less CPU
+    (perf: 562 vs 695 ms); in a C libfuse daemon the same change made a 256 MiB read
+    take 0.7x the time (splicing from the file into a pipe instead took 2x).
+
+    The event loop must never wait for the disk, so a read is answered here only when
+    ``cachestat`` says all its pages are in the page cache; otherwise the caller falls
+    back to ``preadv`` (and to a worker thread on a miss). Windows are ``window`` bytes,
+    aligned, so a block (and so a piece) never straddles two; at most ``budget`` bytes of
+    windows are mapped at once (least recently used out), which also bounds what the
+    maps add to the daemon's RSS. An evicted window is unmapped when the last piece
+    handed out of it is released (a reply holds pieces only while it is written). Maps
+    are keyed by the file's identity (device, inode): record files never change once
+    written, and are only ever deleted whole (a deleted file's map stays readable).
+    """
+
+    def __init__(self, window: int = MAP_WINDOW, budget: int = MAP_BUDGET) -> None:
+        if window % BLOCK or window % mmap.ALLOCATIONGRANULARITY:
+            raise ValueError(f"map window {window} is not a multiple of the {BLOCK}-byte block")
+        self.window = window
+        self.budget = budget
+        self.used = 0
+        self.maps = 0  # how many windows were mapped, for tests and debugging
+        self._kept: OrderedDict[tuple[Hashable, int], memoryview] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def pieces(self, fd: int, ident: Hashable, file_size: int, record_offset: int, start: int,
+               length: int) -> list[memoryview] | None:
+        """Bytes ``[start, start+length)`` of the record at physical ``record_offset`` as
+        pieces of mapped windows, or None when not all in the page cache (or too many
+        pieces for one reply, or no ``cachestat`` to tell)."""
+        if length <= 0:
+            return []
+        pos = record_position(record_offset, start)
+        if not _cached(fd, pos, _end(pos, length)):
+            return None
+        out: list[memoryview] = []
+        with self._lock:
+            k, view = -1, None
+            while length > 0:
+                take = min(length, BLOCK - pos % BLOCK)
+                if pos // self.window != k:
+                    k = pos // self.window
+                    view = self._window(fd, ident, file_size, k)
+                    if view is None:
+                        return None
+                rel = pos - k * self.window
+                out.append(view[rel : rel + take])
+                if len(out) > GATHER_MAX:
+                    return None
+                length -= take
+                pos += take + BLOCK_HEADER
+        return out
+
+    def _window(self, fd: int, ident: Hashable, file_size: int, k: int) -> memoryview | None:
+        key = (ident, k)
+        view = self._kept.get(key)
+        if view is not None:
+            self._kept.move_to_end(key)
+            return view
+        size = min(self.window, file_size - k * self.window)
+        try:
+            view = memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ, offset=k * self.window))
+        except OSError as e:  # a file system that cannot map files: read them
+            log.debug("cannot map a record file (%s): reading it instead", e)
+            return None
+        self._kept[key] = view
+        self.maps += 1
+        self.used += size
+        while self.used > self.budget and len(self._kept) > 1:
+            self.used -= len(self._kept.popitem(last=False)[1])  # unmapped once no reply holds a piece
+        return view
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+            self.used = 0
+
+
+def _end(pos: int, length: int) -> int:
+    """File position just past ``length`` record bytes that start at file position ``pos``."""
+    first = min(length, BLOCK - pos % BLOCK)
+    rest = length - first
+    return pos + first + (-(-rest // (BLOCK - BLOCK_HEADER))) * BLOCK_HEADER + rest
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+_CACHESTAT = 451  # cachestat(2), Linux 6.5+: the same number on every architecture
+_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint)
+_syscall.restype = ctypes.c_long
+_range, _stat = _Range(), _CacheStat()
+_range_p, _stat_p = ctypes.addressof(_range), ctypes.addressof(_stat)
+_cached_lock = threading.Lock()
+
+
+_has_cachestat = True
+
+
+def _cached(fd: int, pos: int, end: int) -> bool:
+    """Whether file positions ``[pos, end)`` (not empty) are all in the page cache: one
+    ``cachestat`` (2.7 us per MiB here; ``mincore`` on a map took 18). False when the
+    kernel lacks it."""
+    global _has_cachestat
+    if not _has_cachestat:
+        return False
+    with _cached_lock:
+        _range.off, _range.len = pos, end - pos
+        if _syscall(_CACHESTAT, fd, _range_p, _stat_p, 0) != 0:
+            if ctypes.get_errno() == errno.ENOSYS:
+                _has_cachestat = False
+            return False
+        return _stat.cache == (end - 1) // mmap.PAGESIZE - pos // mmap.PAGESIZE + 1
+
+
 DECODED = Decoded()
 AHEAD = Ahead()
+MAPPED = Mapped()

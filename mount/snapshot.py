@@ -36,7 +36,7 @@ from spacefs.engine.records import RecordReader, record_position
 from spacefs.engine.storage import Storage
 
 from .pieces import FilesPiece, IndexPiece, PieceSource, name_hashes
-from .recread import AHEAD, DECODED, INLINE_MAX, REMOTE_WHOLE_MAX, read_range
+from .recread import AHEAD, DECODED, INLINE_MAX, MAPPED, REMOTE_WHOLE_MAX, read_range
 
 log = logging.getLogger("spacefs.mount")
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -221,10 +221,11 @@ class SnapshotView:
         return len(self.value_bytes(row, field))
 
     def read_record(self, reader: RecordReader, row: int, field: str, start: int, length: int,
-                    io: bool) -> bytes | None:
+                    io: bool, gather: bool = False) -> bytes | list[memoryview] | None:
         """Bytes ``[start, start+length)`` of a record, by range when the file allows it.
         With ``io=False`` only from the page cache through an already open file, and None
-        if that would block."""
+        if that would block; with ``gather`` too, as pieces of maps of the record file
+        where it can (``Mapped``: no copy here, one gather write to the kernel)."""
         p, row = self._loc(row)
         r = p.refs[field]
         rel = r.file_names[r.file_idx[row]]
@@ -248,6 +249,8 @@ class SnapshotView:
             if h is None:
                 return None
             try:
+                if gather and not io:
+                    return MAPPED.pieces(h.fd, h.ident, h.size, off, start, length)
                 data = read_range(h.fd, off, start, length, nowait=not io)
                 if io and start == 0 and length == size:  # a whole record, not in the page cache
                     AHEAD.missed((reader.root, rel), h.fd, record_position(off, 0), record_position(off, length))

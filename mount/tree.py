@@ -506,8 +506,10 @@ class Tree:
             return v.is_record(v.layout["content"])
         return True
 
-    def read(self, node: Node, offset: int, size: int, io: bool = True) -> bytes:
-        """Up to ``size`` bytes at ``offset`` of file ``node``."""
+    def read(self, node: Node, offset: int, size: int, io: bool = True,
+             gather: bool = False) -> bytes | list[memoryview]:
+        """Up to ``size`` bytes at ``offset`` of file ``node``; with ``gather`` (and no
+        ``io``) a record's bytes may come as a list of pieces to send in one gather write."""
         self._live(node, io)
         k = node.kind
         if k == SCHEMA:
@@ -537,7 +539,7 @@ class Tree:
         if offset >= total:
             return b""
         st = self.state(node.ds, io)
-        data = v.read_record(st.reader, node.row, field_, offset, min(size, total - offset), io)
+        data = v.read_record(st.reader, node.row, field_, offset, min(size, total - offset), io, gather)
         if data is None:
             raise NeedsIO  # not in the page cache: read it in a worker thread
         return data

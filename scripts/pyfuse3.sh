@@ -11,7 +11,7 @@ VERSION=3.5.0
 PATCH=$(pwd)/patches/pyfuse3-$VERSION-kernel-caps.patch
 
 if "$PY" -c "import sys, pyfuse3
-sys.exit(pyfuse3.__version__ != '$VERSION' or not hasattr(pyfuse3.Operations, 'enable_zero_message_open'))" 2>/dev/null; then
+sys.exit(pyfuse3.__version__ != '$VERSION' or not hasattr(pyfuse3, 'READ_GATHER_MAX'))" 2>/dev/null; then
   exit 0
 fi
 work=$(mktemp -d)

@@ -192,7 +192,7 @@ def test_a_slow_read_does_not_stall_other_requests(ops, monkeypatch):
     gate = threading.Event()
     real_read = ops.tree.read
 
-    def slow_read(node, off, size, io=True):
+    def slow_read(node, off, size, io=True, gather=False):
         if not io:
             raise NeedsIO  # as if the page cache were cold
         gate.wait(10)
@@ -329,7 +329,7 @@ def test_sequential_reads_fetch_ahead(tmp_path):
     ds.local().append({"id": [1], "blob": [big]})
     ops = FuseOps(Tree(ds.location))
 
-    def never_cached(node, off, size, io=True, real=ops.tree.read):
+    def never_cached(node, off, size, io=True, gather=False, real=ops.tree.read):
         if not io:
             raise NeedsIO  # force the worker-thread path, as after a cold start
         return real(node, off, size, io=True)
