@@ -32,6 +32,7 @@ from . import memdump, opcount, paths
 from .access import Grants
 from .control import ControlServer, Limits
 from .fuse_ops import GATHER, KERNEL_CAPS, ZERO_MESSAGE_OPEN, FuseOps, KernelNotifier
+from .recread import MAPPED
 from .tree import Tree
 
 log = logging.getLogger("spacefs.mount")
@@ -92,6 +93,7 @@ async def _watch(tree: Tree, ops: FuseOps, interval: float, poke: trio.MemoryRec
             if trio.current_time() >= next_sweep:
                 next_sweep = trio.current_time() + IDLE_CLOSE / 4
                 await trio.to_thread.run_sync(POOL.close_idle, IDLE_CLOSE, limiter=limiter)
+                MAPPED.drop_idle(IDLE_CLOSE)  # (maps keep deleted files' blocks, as descriptors do)
             changes = await trio.to_thread.run_sync(tree.poll, limiter=limiter)
             if changes:
                 n = await ops.invalidate(changes)

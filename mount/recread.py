@@ -20,6 +20,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -142,7 +143,9 @@ class Mapped:
     maps add to the daemon's RSS. An evicted window is unmapped when the last piece
     handed out of it is released (a reply holds pieces only while it is written). Maps
     are keyed by the file's identity (device, inode): record files never change once
-    written, and are only ever deleted whole (a deleted file's map stays readable).
+    written, and are only ever deleted whole (a deleted file's map stays readable). Like
+    an open descriptor, a map keeps a deleted file's blocks allocated: the daemon drops
+    windows unread for a while (``drop_idle``), as the record pool closes idle files.
     """
 
     def __init__(self, window: int = MAP_WINDOW, budget: int = MAP_BUDGET) -> None:
@@ -153,6 +156,7 @@ class Mapped:
         self.used = 0
         self.maps = 0  # how many windows were mapped, for tests and debugging
         self._kept: OrderedDict[tuple[Hashable, int], memoryview] = OrderedDict()
+        self._read_at: dict[tuple[Hashable, int], float] = {}  # monotonic time of the latest use
         self._lock = threading.Lock()
 
     def pieces(self, fd: int, ident: Hashable, file_size: int, record_offset: int, start: int,
@@ -185,6 +189,7 @@ class Mapped:
 
     def _window(self, fd: int, ident: Hashable, file_size: int, k: int) -> memoryview | None:
         key = (ident, k)
+        self._read_at[key] = time.monotonic()
         view = self._kept.get(key)
         if view is not None:
             self._kept.move_to_end(key)
@@ -194,18 +199,30 @@ class Mapped:
             view = memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ, offset=k * self.window))
         except OSError as e:  # a file system that cannot map files: read them
             log.debug("cannot map a record file (%s): reading it instead", e)
+            self._read_at.pop(key)
             return None
         self._kept[key] = view
         self.maps += 1
         self.used += size
         while self.used > self.budget and len(self._kept) > 1:
-            self.used -= len(self._kept.popitem(last=False)[1])  # unmapped once no reply holds a piece
+            self._drop(next(iter(self._kept)))
         return view
 
-    def clear(self) -> None:
+    def _drop(self, key: tuple[Hashable, int]) -> None:
+        self.used -= len(self._kept.pop(key))  # unmapped once no reply holds a piece of it
+        self._read_at.pop(key, None)
+
+    def drop_idle(self, idle: float) -> int:
+        """Unmap the windows unread for ``idle`` seconds; returns how many."""
+        now = time.monotonic()
         with self._lock:
-            self._kept.clear()
-            self.used = 0
+            stale = [k for k in self._kept if now - self._read_at.get(k, 0.0) >= idle]
+            for k in stale:
+                self._drop(k)
+        return len(stale)
+
+    def clear(self) -> None:
+        self.drop_idle(0.0)
 
 
 def _end(pos: int, length: int) -> int:

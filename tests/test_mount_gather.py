@@ -18,7 +18,7 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pyfuse3
-from mount_util import mounted
+from mount_util import mounted, wait_for
 from test_mount_readamp import _rchar
 
 from spacefs import DirCatalog
@@ -40,8 +40,8 @@ def _record(root: str, size: int) -> tuple[bytes, str, str, int]:
     return blob, cat.location, path, ref["offset"]
 
 
-def _maps_of(path: str) -> int:
-    with open("/proc/self/maps") as f:
+def _maps_of(path: str, pid: str = "self") -> int:
+    with open(f"/proc/{pid}/maps") as f:
         return sum(1 for line in f if line.rstrip().endswith(path))
 
 
@@ -67,7 +67,8 @@ def test_pieces_are_the_record_bytes_across_windows_and_maps_stay_within_budget(
         gc.collect()
         # Evicted windows are unmapped: no piece of them is held any more.
         assert _maps_of(path) <= m.budget // m.window
-        m.clear()
+        assert m.drop_idle(3600) == 0 and _maps_of(path) > 0
+        assert m.drop_idle(0) > 0 and m.used == 0
         gc.collect()
         assert _maps_of(path) == 0
     finally:
@@ -92,8 +93,9 @@ def test_nothing_is_answered_from_a_map_unless_it_is_in_the_page_cache(tmp_path)
         os.close(fd)
 
 
-def test_a_mount_answers_page_cached_reads_without_read_calls(tmp_path):
+def test_a_mount_answers_page_cached_reads_without_read_calls(tmp_path, monkeypatch):
     assert hasattr(pyfuse3, "READ_GATHER_MAX"), "pyfuse3 lacks the project's patch (scripts/pyfuse3.sh)"
+    monkeypatch.setenv("SPACEFS_IDLE_CLOSE", "1")
     blob, loc, path, _ = _record(str(tmp_path), 9 << 20)
     with open(path, "rb") as f:
         while f.read(1 << 24):  # the record file in the page cache
@@ -122,5 +124,9 @@ def test_a_mount_answers_page_cached_reads_without_read_calls(tmp_path):
                 assert os.pread(fd, n, s) == blob[s : s + n]
         finally:
             os.close(fd)
-    # Requests read from /dev/fuse are small; the 9 MiB itself never went through read calls.
-    assert read < len(blob) // 20, f"the daemon read {read} bytes to serve {len(blob)}"
+        # Requests read from /dev/fuse are small; the 9 MiB never went through read calls.
+        assert read < len(blob) // 20, f"the daemon read {read} bytes to serve {len(blob)}"
+        # The daemon unmaps windows unread for SPACEFS_IDLE_CLOSE seconds (a map, like a
+        # descriptor, would keep a deleted file's blocks).
+        assert _maps_of(path, str(info.pid)) > 0
+        wait_for(lambda: _maps_of(path, str(info.pid)) == 0, 15, "idle maps dropped")
