@@ -24,10 +24,14 @@ Then FUSE requests per file: a separate spacefs mount with ``SPACEFS_COUNT_OPS=1
 daemon counts requests by operation, mount/opcount.py) reads the files/ trees cold and
 warm; the counts come from the control socket's ping. Not counted there: the ``ioctl``
 (TCGETS) of every buffered ``open()`` (CPython 3.11 asks ``isatty``), which the kernel
-forwards to any FUSE daemon and libfuse answers without calling pyfuse3: one round trip
-per image, cold and warm, ~35 us on an idle machine and much more when the CPUs are busy
-(with unbuffered opens the warm epoch measured 1.02x of local disk, with buffered ones
-1.28-1.36x in the same run). Its cost swings with the load from other processes.
+forwards to any FUSE daemon and never caches, and libfuse answers without calling
+pyfuse3: one round trip per image, cold and warm (with unbuffered opens the warm epoch
+measured 1.02x of local disk, with buffered ones 1.28-1.36x in the same run). Its cost is
+mostly waking the other CPU: on this VM (halt polling off) an idle vCPU wakes in tens of
+microseconds. Measured with opens 300 us apart: spacefs 85 us, the floor 66 us, a
+minimal C libfuse daemon 64-70 us; with the C daemon and the reader on one CPU 17 us,
+and with guest halt polling on 37 us. So the warm epoch's ratio to disk depends on the
+machine more than on the daemon; under load (busy CPUs wake fast) it measured 0.83x.
 
     .venv/bin/python scripts/bench/mount.py [--dir /tmp/spacefs-bench-mount] [--repeat 3]
 """
