@@ -215,11 +215,19 @@ def serve_floor(catalog: str, mountpoint: str) -> None:
         async def read(self, fh, off, size):
             return data[fh][off : off + size]
 
+        def init(self) -> None:  # as FuseOps.init: the same read-ahead as spacefs, once INIT is answered
+            async def after_init() -> None:
+                set_read_ahead(mountpoint)
+
+            nurseries[0].start_soon(after_init)
+
     from spacefs.mount.daemon import set_read_ahead
+
+    nurseries: list[trio.Nursery] = []
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(set_read_ahead, mountpoint)  # the same read-ahead as spacefs
+            nurseries.append(nursery)
             await pyfuse3.main()
 
     pyfuse3.init(Floor(), mountpoint, {"fsname=floor", "subtype=floor", "ro", "auto_unmount", "default_permissions"})
