@@ -221,9 +221,6 @@ class Mapped:
                 self._drop(k)
         return len(stale)
 
-    def clear(self) -> None:
-        self.drop_idle(0.0)
-
 
 def _end(pos: int, length: int) -> int:
     """File position just past ``length`` record bytes that start at file position ``pos``."""
@@ -247,8 +244,6 @@ _syscall.restype = ctypes.c_long
 _range, _stat = _Range(), _CacheStat()
 _range_p, _stat_p = ctypes.addressof(_range), ctypes.addressof(_stat)
 _cached_lock = threading.Lock()
-
-
 _has_cachestat = True
 
 

@@ -250,7 +250,9 @@ class SnapshotView:
                 return None
             try:
                 if gather and not io:
-                    return MAPPED.pieces(h.fd, h.ident, h.size, off, start, length)
+                    pieces = MAPPED.pieces(h.fd, h.ident, h.size, off, start, length)
+                    if pieces is not None:
+                        return pieces  # (else: not all cached, or no map; RWF_NOWAIT tells)
                 data = read_range(h.fd, off, start, length, nowait=not io)
                 if io and start == 0 and length == size:  # a whole record, not in the page cache
                     AHEAD.missed((reader.root, rel), h.fd, record_position(off, 0), record_position(off, length))
