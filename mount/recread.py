@@ -167,7 +167,7 @@ class Mapped:
         if length <= 0:
             return []
         pos = record_position(record_offset, start)
-        if not _cached(fd, pos, _end(pos, length)):
+        if not _cached(fd, pos, record_position(record_offset, start + length - 1) + 1):
             return None
         out: list[memoryview] = []
         with self._lock:
@@ -220,13 +220,6 @@ class Mapped:
             for k in stale:
                 self._drop(k)
         return len(stale)
-
-
-def _end(pos: int, length: int) -> int:
-    """File position just past ``length`` record bytes that start at file position ``pos``."""
-    first = min(length, BLOCK - pos % BLOCK)
-    rest = length - first
-    return pos + first + (-(-rest // (BLOCK - BLOCK_HEADER))) * BLOCK_HEADER + rest
 
 
 class _CacheStat(ctypes.Structure):
